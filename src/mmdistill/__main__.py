@@ -1,0 +1,3 @@
+from mmdistill.cli import main
+
+raise SystemExit(main())

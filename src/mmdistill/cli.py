@@ -1,0 +1,103 @@
+"""The `mmdistill` command line.
+
+Exit codes: 0 success, 2 bad config or data (one line on stderr, no traceback), 1 anything
+else (the traceback is kept: that is a bug for us to fix, not a typo for the user).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from typing import Sequence
+
+from mmdistill.errors import UserError
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for our progress bars and results, not library chatter."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="experiment config (YAML or JSON)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set training.student.lr=3e-4 (repeatable)")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from mmdistill.config import load_config
+    from mmdistill.train.pipeline import run_experiment, summary_table
+
+    config = load_config(args.config, args.overrides)
+    results = run_experiment(config, overwrite=args.overwrite)
+    print(summary_table(results))
+    print(f"results: {config.run_dir / 'results.json'}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from mmdistill.config import load_config
+    from mmdistill.data.checks import check_images, summary
+    from mmdistill.data.dataset import load_data
+    from mmdistill.train.pipeline import check_models
+
+    config = load_config(args.config, args.overrides)
+    data = load_data(config)
+    checked = check_images(config, data)
+    check_models(config, data)
+    print(summary(config, data, checked))
+    return 0
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from mmdistill.data.demo import write_demo_data
+
+    counts = write_demo_data(args.kind, args.dir, seed=args.seed)
+    print(f"wrote {args.kind} data to {args.dir}: " + ", ".join(f"{s} {n}" for s, n in counts.items()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmdistill", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train teacher, KD student and baseline; write the run directory")
+    _add_config_args(run)
+    run.add_argument("--overwrite", action="store_true", help="replace a finished run with the same name")
+    run.set_defaults(func=cmd_run)
+    validate = sub.add_parser("validate", help="check config and data (every image decoded) without training")
+    _add_config_args(validate)
+    validate.set_defaults(func=cmd_validate)
+    demo = sub.add_parser("demo-data", help="write a small generated dataset")
+    demo.add_argument("kind", help="dataset kind (demo)")
+    demo.add_argument("dir", help="directory to write")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo_data)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_libraries()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished epochs are in metrics.csv and the best checkpoints so far are kept",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,36 @@
+"""Checks that span sections (a student encoder must read a modality the data declares, a loss
+term must find the features it reads), done at load time so a bad combination fails before
+any data is read or any model is built."""
+
+from __future__ import annotations
+
+from mmdistill.config.schema import ExperimentConfig
+from mmdistill.errors import UserError
+
+ENCODERS_FOR_KIND = {"image": {"timm", "tiny_cnn"}, "text": {"hf_text"}, "embedding": {"mlp"}}
+
+
+def check_consistency(config: ExperimentConfig, source: str) -> None:
+    modalities = config.data.modalities
+    for role in ("teacher", "student"):
+        spec = getattr(config, role)
+        for name, encoder in spec.encoders.items():
+            key = f"{source}: {role}.encoders.{name}"
+            if name not in modalities:
+                raise UserError(f"{key}: no modality {name!r} in data.modalities (declared: {', '.join(modalities)})")
+            kind = modalities[name].kind
+            if encoder.type not in ENCODERS_FOR_KIND[kind]:
+                allowed = ", ".join(sorted(ENCODERS_FOR_KIND[kind]))
+                raise UserError(f"{key}.type: {encoder.type!r} cannot read {kind} modality {name!r}; use {allowed}")
+    from mmdistill.losses.objective import check_objective
+    from mmdistill.models.fusion import check_fusion
+
+    for role in ("teacher", "student"):
+        try:
+            check_fusion(getattr(config, role).fusion, f"{role}.fusion")
+        except UserError as exc:
+            raise UserError(f"{source}: {exc}") from None
+    try:
+        check_objective(config)
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None

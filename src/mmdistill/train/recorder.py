@@ -1,0 +1,71 @@
+"""Per-epoch bookkeeping of a run: metrics.csv rows and the best-on-dev weights.
+
+Both are written as they happen (atomically), so an interrupted run keeps every finished
+epoch's metrics and its best checkpoint so far.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from mmdistill.io import write_text_atomic
+from mmdistill.train.checkpoints import save_weights
+
+
+class MetricsLog:
+    """All epochs of all stages of one run, rewritten to metrics.csv after every epoch."""
+
+    FIRST = ["stage", "epoch", "train_loss", "dev_score"]
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        columns = list(self.FIRST)
+        for r in self.rows:
+            columns += [k for k in r if k not in columns]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text_atomic(self.path, buf.getvalue())
+
+
+class EpochRecorder(L.Callback):
+    """After each validation: log the epoch row, and save weights when the dev score improves."""
+
+    def __init__(self, stage: str, log: MetricsLog, best_path: Path):
+        self.stage = stage
+        self.metrics_log = log
+        self.best_path = best_path
+        self.best_score = float("-inf")
+        self.best_epoch = -1
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking or module.dev_metrics is None:
+            return
+        dev = module.dev_metrics
+        train = module.train_summary()
+        row: dict[str, Any] = {"stage": self.stage, "epoch": trainer.current_epoch + 1,
+                               "train_loss": round(train.pop("loss", float("nan")), 6),
+                               "dev_score": round(dev["score"], 6)}
+        row.update({f"train_{k}": round(v, 6) for k, v in train.items()})
+        row.update({f"dev_{t}_f1_macro": round(m["f1_macro"], 6) for t, m in dev["tasks"].items()})
+        row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
+        row["seconds"] = round(time.perf_counter() - self._t0, 3)
+        self.metrics_log.append(row)
+        if dev["score"] > self.best_score:
+            self.best_score, self.best_epoch = dev["score"], row["epoch"]
+            save_weights(module.model, self.best_path)

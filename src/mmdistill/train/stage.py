@@ -1,0 +1,100 @@
+"""Running one stage: a Lightning Trainer with early stopping on the dev score, the best
+weights restored at the end, and the model evaluated on dev and test."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping
+
+from mmdistill.config.schema import ExperimentConfig, StageTraining
+from mmdistill.data.dataset import DataBundle
+from mmdistill.losses.objective import Objective
+from mmdistill.models.net import MultiModalNet
+from mmdistill.train.checkpoints import load_weights
+from mmdistill.train.module import OutputCollector, StageModule
+from mmdistill.train.recorder import EpochRecorder, MetricsLog
+
+
+@dataclass
+class StageResult:
+    dev: dict[str, Any]
+    test: dict[str, Any]
+    best_epoch: int | None
+    seconds: float
+
+
+def _quiet_lightning() -> None:
+    """Lightning announces devices and tips on every Trainer; a run makes three of them."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
+                 "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+
+
+def make_trainer(config: ExperimentConfig, stage: StageTraining, callbacks: list[L.Callback]) -> L.Trainer:
+    _quiet_lightning()
+    cpu = config.training.accelerator == "cpu"
+    extra = {"limit_train_batches": stage.limit_train_batches} if stage.limit_train_batches else {}
+    return L.Trainer(
+        max_epochs=stage.epochs,
+        accelerator=config.training.accelerator,
+        devices=config.training.devices,
+        precision=config.training.precision,
+        deterministic=config.training.deterministic if cpu else False,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=config.logging.progress_bar,
+        num_sanity_val_steps=0,
+        log_every_n_steps=config.logging.log_every_n_steps,
+        gradient_clip_val=stage.grad_clip,
+        **extra,
+    )
+
+
+@torch.no_grad()
+def evaluate_model(model: MultiModalNet, data: DataBundle, split: str, batch_size: int) -> dict[str, Any]:
+    model.eval()
+    device = next(model.parameters()).device
+    collector = OutputCollector()
+    for batch in data.loader(split, batch_size, shuffle=False, seed=0):
+        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch["inputs"].items()}
+        collector.add(model(inputs), batch["labels"])
+    return collector.metrics(model.tasks)
+
+
+def train_stage(name: str, config: ExperimentConfig, stage: StageTraining, model: MultiModalNet, objective: Objective,
+                data: DataBundle, log: MetricsLog, best_path: Path, teacher: MultiModalNet | None = None) -> StageResult:
+    """Fit `model` with early stopping on dev, reload its best weights, evaluate dev and test."""
+    start = time.perf_counter()
+    module = StageModule(name, model, objective, stage, teacher)
+    recorder = EpochRecorder(name, log, best_path)
+    callbacks: list[L.Callback] = [recorder]
+    if stage.patience:
+        callbacks.append(EarlyStopping(monitor="dev_score", mode="max", patience=stage.patience,
+                                       check_on_train_epoch_end=False))
+    trainer = make_trainer(config, stage, callbacks)
+    workers = config.data.num_workers
+    trainer.fit(module, data.loader("train", stage.batch_size, shuffle=True, seed=config.seed, num_workers=workers),
+                data.loader("dev", stage.batch_size, shuffle=False, seed=config.seed, num_workers=workers))
+    model.cpu()
+    load_weights(model, best_path, f"{name} best checkpoint")
+    dev = evaluate_model(model, data, "dev", stage.batch_size)
+    test = evaluate_model(model, data, "test", stage.batch_size)
+    return StageResult(dev=dev, test=test, best_epoch=recorder.best_epoch, seconds=time.perf_counter() - start)
+
+
+def evaluate_only(model: MultiModalNet, data: DataBundle, batch_size: int) -> StageResult:
+    start = time.perf_counter()
+    dev = evaluate_model(model, data, "dev", batch_size)
+    test = evaluate_model(model, data, "test", batch_size)
+    return StageResult(dev=dev, test=test, best_epoch=None, seconds=time.perf_counter() - start)
