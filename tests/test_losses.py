@@ -8,7 +8,8 @@ import torch
 
 from mmdistill.config.schema import ModelSpec, ImageModality
 from mmdistill.losses.objective import build_objective
-from mmdistill.losses.terms import FeatureCosine, FeatureL2, FeatureParams, KDParams, LogitKD, TaskLoss, TaskParams
+from mmdistill.losses.terms import (FeatureCosine, FeatureL2, FeatureParams, KDParams, LogitKD, LossBatch, TaskLoss,
+                                    TaskParams)
 from mmdistill.models.net import ModelOutput, MultiModalNet, TaskInfo
 
 MC = TaskInfo("m", "multiclass", ("a", "b", "c"))
@@ -36,7 +37,7 @@ def _out(logits_mc, logits_bin, fused=None):
                        fused=None if fused is None else torch.tensor(fused, dtype=torch.float64, requires_grad=True))
 
 
-LABELS = {"m": torch.tensor(Y_MC), "b": torch.tensor(Y_BIN, dtype=torch.float64)}
+LABELS = LossBatch({"m": torch.tensor(Y_MC), "b": torch.tensor(Y_BIN, dtype=torch.float64)})
 
 
 def test_task_loss_is_mean_of_ce_and_bce():

@@ -14,7 +14,7 @@ from torch import nn
 
 from mmdistill.config.schema import ExperimentConfig, TermSpec
 from mmdistill.errors import UserError
-from mmdistill.losses.terms import TERMS, Term
+from mmdistill.losses.terms import TERMS, LossBatch, Term
 from mmdistill.models.net import ModelOutput, MultiModalNet, TaskInfo
 
 PRESETS: dict[str, list[dict[str, Any]]] = {
@@ -64,7 +64,7 @@ def check_objective(config: ExperimentConfig) -> None:
 
 
 class Objective(nn.Module):
-    """sum_i w_i * term_i(student, teacher, labels); also reports each weighted part."""
+    """sum_i w_i * term_i(student, teacher, batch); also reports each weighted part."""
 
     def __init__(self, terms: list[TermSpec], tasks: list[TaskInfo], student: MultiModalNet,
                  teacher: MultiModalNet | None, key: str = "objective"):
@@ -83,8 +83,8 @@ class Objective(nn.Module):
         self.needs_teacher = any(t.needs_teacher for t in modules)
 
     def forward(self, student: ModelOutput, teacher: ModelOutput | None,
-                labels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        parts = {name: w * term(student, teacher, labels) for name, w, term in zip(self.names, self.weights, self.terms)}
+                batch: LossBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        parts = {name: w * term(student, teacher, batch) for name, w, term in zip(self.names, self.weights, self.terms)}
         return sum(parts.values()), parts
 
 

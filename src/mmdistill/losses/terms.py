@@ -1,12 +1,15 @@
 """Loss terms: small modules registered by name, each documenting its formula.
 
-A term is called as `term(student, teacher, labels)` with ModelOutputs and a dict of label
-tensors, and returns a scalar averaged over the tasks it applies to. Every term declares its
+A term is called as `term(student, teacher, batch)` with two ModelOutputs and a LossBatch
+(labels, dataset indices, training progress), and returns a scalar averaged over the tasks it
+applies to. Every term declares its
 parameters as a pydantic model, so an unknown or mistyped parameter is a config error that
 lists the allowed ones, and whether it needs a teacher, so the teacher stage cannot ask for KD.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +18,19 @@ from torch import nn
 
 from mmdistill.models.net import ModelOutput, MultiModalNet, TaskInfo
 from mmdistill.registry import Registry
+
+
+@dataclass
+class LossBatch:
+    """What a term may read besides the model outputs.
+
+    `index` is each sample's position in its split (memory-bank terms such as CRD key on it);
+    `progress` runs from 0 at the first step of the stage to 1 at the last (for schedules).
+    """
+
+    labels: dict[str, torch.Tensor]
+    index: torch.Tensor | None = None
+    progress: float = 0.0
 
 
 class TermParams(BaseModel):
@@ -62,10 +78,10 @@ class TaskLoss(Term):
         self.params = params
         self.tasks = tasks
 
-    def forward(self, student: ModelOutput, teacher: ModelOutput | None, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: LossBatch) -> torch.Tensor:
         losses = []
         for task in self.tasks:
-            z, y = student.logits[task.name], labels[task.name]
+            z, y = student.logits[task.name], batch.labels[task.name]
             if task.type == "binary":
                 losses.append(F.binary_cross_entropy_with_logits(z, y.to(z.dtype)))
             else:
@@ -97,7 +113,7 @@ class LogitKD(Term):
         self.T = params.temperature
         self.tasks = tasks
 
-    def forward(self, student: ModelOutput, teacher: ModelOutput | None, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: LossBatch) -> torch.Tensor:
         assert teacher is not None
         T = self.T
         losses = []
@@ -157,7 +173,7 @@ class FeatureTerm(Term):
 class FeatureL2(FeatureTerm):
     """Feature regression (FitNets): mean over batch and dims of (r(h_s) - h_t)^2."""
 
-    def forward(self, student: ModelOutput, teacher: ModelOutput | None, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: LossBatch) -> torch.Tensor:
         s, t = self.pair(student, teacher)
         return F.mse_loss(s, t)
 
@@ -166,7 +182,7 @@ class FeatureL2(FeatureTerm):
 class FeatureCosine(FeatureTerm):
     """Directional alignment: mean over batch of 1 - cos(r(h_s), h_t); blind to feature scale."""
 
-    def forward(self, student: ModelOutput, teacher: ModelOutput | None, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: LossBatch) -> torch.Tensor:
         s, t = self.pair(student, teacher)
         return (1 - F.cosine_similarity(s, t, dim=-1)).mean()
 

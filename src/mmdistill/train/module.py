@@ -16,6 +16,7 @@ from torch import nn
 from mmdistill.config.schema import StageTraining
 from mmdistill.eval.metrics import evaluate
 from mmdistill.losses.objective import Objective
+from mmdistill.losses.terms import LossBatch
 from mmdistill.models.net import ModelOutput, MultiModalNet, TaskInfo
 
 
@@ -75,7 +76,8 @@ class StageModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         student = self.model(batch["inputs"])
         teacher = self.teacher(batch["inputs"]) if self.teacher is not None else None
-        loss, parts = self.objective(student, teacher, batch["labels"])
+        progress = self.current_epoch / max(self.training_cfg.epochs, 1)
+        loss, parts = self.objective(student, teacher, LossBatch(batch["labels"], batch["index"], progress))
         n = len(batch["index"])
         self._count += n
         for name, value in {"loss": loss, **parts}.items():
