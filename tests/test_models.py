@@ -78,3 +78,17 @@ def test_packaged_text_encoder_memoizes_frozen_outputs():
     assert len(enc._memo) == 2
     fresh = enc._encode(["severe changes"])[0]
     assert torch.allclose(fresh, a[1], atol=1e-5)
+
+
+def test_timm_model_with_pre_logits_head_gets_the_right_projection_size():
+    spec = ModelSpec.model_validate({"encoders": {"image": {"type": "timm", "name": "mobilenetv3_small_050"}},
+                                     "projection_dim": 8})
+    net = MultiModalNet(spec, MODALITIES, TASKS)
+    assert net(_inputs(2)).projections["image"].shape == (2, 8)
+
+
+def test_task_and_modality_names_that_clash_with_module_attributes():
+    tasks = [TaskInfo("type", "multiclass", ("a", "b")), TaskInfo("Location.Category", "binary", ("0", "1"))]
+    spec = ModelSpec.model_validate({"encoders": {"image": {"type": "tiny_cnn", "widths": [4]}}, "projection_dim": 8})
+    out = MultiModalNet(spec, MODALITIES, tasks)({"image": torch.randn(2, 3, 16, 16)})
+    assert out.logits["type"].shape == (2, 2) and out.logits["Location.Category"].shape == (2,)

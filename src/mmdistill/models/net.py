@@ -28,14 +28,20 @@ class ModelOutput:
     embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
     projections: dict[str, torch.Tensor] = field(default_factory=dict)
     fused: torch.Tensor | None = None
+    # modality -> [B, C, H, W] encoder map; only for the modalities in `model.want_feature_maps`
+    feature_maps: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def feature(self, name: str) -> torch.Tensor:
-        """Resolve a feature reference: `fused`, `projection:<modality>`, `embedding:<modality>`."""
+        """Resolve a feature reference: `fused`, `projection:<modality>`, `embedding:<modality>`,
+        `feature_map:<modality>`."""
         if name == "fused":
             assert self.fused is not None
             return self.fused
         kind, _, modality = name.partition(":")
-        table = {"projection": self.projections, "embedding": self.embeddings}[kind]
+        if kind == "feature_map" and modality not in self.feature_maps:
+            raise KeyError(f"no feature map for {modality!r}: add it to the model's want_feature_maps "
+                           "(the Objective does this for terms that read feature maps)")
+        table = {"projection": self.projections, "embedding": self.embeddings, "feature_map": self.feature_maps}[kind]
         return table[modality]
 
 
@@ -52,6 +58,26 @@ class TaskInfo:
         return 1 if self.type == "binary" else len(self.classes)
 
 
+class NamedModules(nn.ModuleDict):
+    """A ModuleDict keyed by user-chosen names (tasks, modalities). Names such as `type` or
+    `Location.Category` cannot be module attributes, so they are stored under an escaped key
+    and looked up by the name the user wrote."""
+
+    @staticmethod
+    def escape(name: str) -> str:
+        key = name.replace(".", "\u2024")  # one-dot leader: looks like a dot, is not one
+        return f"{key}_" if hasattr(nn.Module, key) or key.endswith("_") else key
+
+    def __getitem__(self, name: str) -> nn.Module:
+        return super().__getitem__(self.escape(name))
+
+    def __setitem__(self, name: str, module: nn.Module) -> None:
+        super().__setitem__(self.escape(name), module)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(self.escape(name))
+
+
 class MultiModalNet(nn.Module):
     def __init__(
         self,
@@ -65,8 +91,8 @@ class MultiModalNet(nn.Module):
         self.modalities = list(spec.encoders)
         self.tasks = tasks
         embedding_dims = embedding_dims or {}
-        self.encoders = nn.ModuleDict()
-        self.projections = nn.ModuleDict()
+        self.encoders = NamedModules()
+        self.projections = NamedModules()
         for name, enc_spec in spec.encoders.items():
             factory = ENCODERS.get(enc_spec.type, f"{key}.encoders.{name}.type")
             encoder: Encoder = factory(enc_spec, modalities[name], f"{key}.encoders.{name}", in_dim=embedding_dims.get(name))
@@ -74,11 +100,21 @@ class MultiModalNet(nn.Module):
             self.projections[name] = nn.Sequential(nn.Linear(encoder.out_dim, spec.projection_dim), nn.LayerNorm(spec.projection_dim))
         self.fusion = build_fusion(spec.fusion, self.modalities, spec.projection_dim, f"{key}.fusion")
         self.dropout = nn.Dropout(spec.dropout)
-        self.heads = nn.ModuleDict({t.name: nn.Linear(self.fusion.out_dim, t.num_outputs) for t in tasks})
+        self.heads = NamedModules()
+        for task in tasks:
+            self.heads[task.name] = nn.Linear(self.fusion.out_dim, task.num_outputs)
+        # Modalities whose encoder also returns its spatial feature map (attention transfer);
+        # filled by the Objective from the terms it holds, empty otherwise (no extra work).
+        self.want_feature_maps: set[str] = set()
 
     def forward(self, inputs: Mapping[str, Any]) -> ModelOutput:
         """`inputs` maps modality name -> image tensor, list of strings, or embedding tensor."""
-        embeddings = {m: self.encoders[m](inputs[m]) for m in self.modalities}
+        embeddings, feature_maps = {}, {}
+        for m in self.modalities:
+            if m in self.want_feature_maps:
+                embeddings[m], feature_maps[m] = self.encoders[m].forward_with_map(inputs[m])
+            else:
+                embeddings[m] = self.encoders[m](inputs[m])
         projections = {m: self.projections[m](embeddings[m]) for m in self.modalities}
         fused = self.fusion([projections[m] for m in self.modalities])
         hidden = self.dropout(fused)
@@ -86,7 +122,8 @@ class MultiModalNet(nn.Module):
         for task in self.tasks:
             out = self.heads[task.name](hidden)
             logits[task.name] = out.squeeze(-1) if task.type == "binary" else out
-        return ModelOutput(logits=logits, embeddings=embeddings, projections=projections, fused=fused)
+        return ModelOutput(logits=logits, embeddings=embeddings, projections=projections, fused=fused,
+                           feature_maps=feature_maps)
 
     def feature_dim(self, name: str) -> int:
         if name == "fused":
@@ -95,6 +132,10 @@ class MultiModalNet(nn.Module):
         if kind == "projection":
             return self.projections[modality][0].out_features
         return self.encoders[modality].out_dim
+
+    def has_feature_map(self, modality: str) -> bool:
+        """Whether the encoder of `modality` has a spatial [B, C, H, W] feature map to offer."""
+        return self.encoders[modality].feature_map_layout() is not None
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -35,5 +35,10 @@ class TinyCNN(nn.Module):
         """Feature map of the last block (for attention transfer and similar terms)."""
         return self.blocks(x)
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Global average pooling of a feature map (timm's name, so encoders treat both alike;
+        there is no classifier, so `pre_logits` changes nothing)."""
+        return self.pool(x).flatten(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.forward_features(x)).flatten(1)
+        return self.forward_head(self.forward_features(x))

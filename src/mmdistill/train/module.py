@@ -70,13 +70,24 @@ class StageModule(L.LightningModule):
         self._collector = OutputCollector()
 
     # --- training
+    def on_train_start(self) -> None:
+        total = self.trainer.estimated_stepping_batches
+        self._total_steps = int(total) if total != float("inf") else None
+
+    def progress(self) -> float:
+        """0 at the first optimizer step of the stage, 1 at the last (term weight schedules)."""
+        total = getattr(self, "_total_steps", None)
+        if not total:
+            return self.current_epoch / max(self.training_cfg.epochs, 1)
+        return min(1.0, self.global_step / max(total - 1, 1))
+
     def on_train_epoch_start(self) -> None:
         self._sums, self._count = {}, 0
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         student = self.model(batch["inputs"])
         teacher = self.teacher(batch["inputs"]) if self.teacher is not None else None
-        progress = self.current_epoch / max(self.training_cfg.epochs, 1)
+        progress = self.progress()
         loss, parts = self.objective(student, teacher, LossBatch(batch["labels"], batch["index"], progress))
         n = len(batch["index"])
         self._count += n

@@ -97,6 +97,7 @@ def run_experiment(config: ExperimentConfig, overwrite: bool = False) -> dict[st
     L.seed_everything(config.seed, workers=True, verbose=False)
     student = build_model(config, "student", data)
     objective = build_objective(config.objective.preset, config.objective.terms, data.tasks, student, teacher)
+    objective.set_dataset_size(len(data.datasets["train"]))
     stages["student"] = train_stage("student", config, config.training.student, student, objective, data, log,
                                     run_dir / "checkpoints" / "student_best.safetensors", teacher=teacher)
     if config.training.baseline:
