@@ -40,7 +40,7 @@ def test_validate_prints_summary(capsys, config_file):
     ("training.student.lr_rate=1", "training.student.lr_rate: unknown key"),
     ("training.student.epochs=many", "training.student.epochs"),
     ("data.files.dev=missing.csv", "missing.csv"),
-    ("data.modalities.report.column=notes", "missing column 'notes'"),
+    ("data.modalities.image.column=scan", "missing column 'scan'"),
 ])
 def test_bad_config_or_data_exit_2_with_one_line(capsys, config_file, override, expected):
     for command in ("validate", "run"):
@@ -94,3 +94,16 @@ def test_unknown_backbone_name_is_caught_by_validate(capsys, config_file):
     code, _, err = _run(capsys, "validate", str(config_file), "--set", "teacher.encoders.image={type: timm, name: resnet999}")
     assert code == 2
     assert "teacher.encoders.image.name: 'resnet999' is not a timm model name" in _one_line_error(err)
+
+
+def test_losses_lists_every_term_and_preset(capsys):
+    from mmdistill.losses.objective import PRESETS
+    from mmdistill.losses.terms import TERMS
+
+    code, out, _ = _run(capsys, "losses")
+    assert code == 0
+    for name in TERMS.names():
+        assert f"\n{name}  (" in out or out.startswith(f"{name}  (") or f"\n\n{name}  (" in out
+    for name in PRESETS:
+        assert f"\n{name}" in out
+    assert "temperature: float = 4.0" in out

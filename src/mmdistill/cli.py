@@ -39,6 +39,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mmdistill.train.pipeline import run_experiment, summary_table
 
     config = load_config(args.config, args.overrides)
+    if args.smoke:
+        from mmdistill.config.smoke import smoke_config
+
+        config = smoke_config(config)
     results = run_experiment(config, overwrite=args.overwrite)
     print(summary_table(results))
     print(f"results: {config.run_dir / 'results.json'}")
@@ -67,16 +71,30 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_losses(args: argparse.Namespace) -> int:
+    from mmdistill.losses.catalog import describe_presets, describe_terms
+
+    print("LOSS TERMS (objective.terms: [{term, weight, params}])\n")
+    print(describe_terms())
+    print("\nPRESETS (objective.preset)\n")
+    print(describe_presets())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmdistill", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train teacher, KD student and baseline; write the run directory")
     _add_config_args(run)
     run.add_argument("--overwrite", action="store_true", help="replace a finished run with the same name")
+    run.add_argument("--smoke", action="store_true",
+                     help="tiny random-init backbones, one short epoch per stage: checks a recipe's wiring in seconds")
     run.set_defaults(func=cmd_run)
     validate = sub.add_parser("validate", help="check config and data (every image decoded) without training")
     _add_config_args(validate)
     validate.set_defaults(func=cmd_validate)
+    losses = sub.add_parser("losses", help="list every loss term and preset with its parameters and formula")
+    losses.set_defaults(func=cmd_losses)
     demo = sub.add_parser("demo-data", help="write a small generated dataset")
     demo.add_argument("kind", help="dataset kind (demo)")
     demo.add_argument("dir", help="directory to write")

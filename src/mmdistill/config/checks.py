@@ -7,7 +7,8 @@ from __future__ import annotations
 from mmdistill.config.schema import ExperimentConfig
 from mmdistill.errors import UserError
 
-ENCODERS_FOR_KIND = {"image": {"timm", "tiny_cnn"}, "text": {"hf_text"}, "embedding": {"mlp"}}
+ENCODERS_FOR_KIND = {"image": {"timm", "tiny_cnn"}, "stacked_image": {"timm", "tiny_cnn"}, "text": {"hf_text"},
+                     "embedding": {"mlp"}}
 
 
 def check_consistency(config: ExperimentConfig, source: str) -> None:

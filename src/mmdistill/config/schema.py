@@ -35,6 +35,36 @@ class ImageModality(Strict):
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
 
+    @property
+    def total_channels(self) -> int:
+        return self.channels
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.column]
+
+
+class StackedImageModality(Strict):
+    """Early fusion: several image columns decoded at one size and stacked along the channel
+    axis (RGB + IR -> 4 channels, seed 002's stacked-channel teachers)."""
+
+    kind: Literal["stacked_image"]
+    columns: list[str] = Field(min_length=2)
+    channels: list[Literal[1, 3, 4]]
+    size: int = Field(224, gt=0)
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+
+    @model_validator(mode="after")
+    def _one_channel_count_per_column(self) -> "StackedImageModality":
+        if len(self.channels) != len(self.columns):
+            raise ValueError(f"`channels` needs one entry per column ({len(self.columns)}), got {len(self.channels)}")
+        return self
+
+    @property
+    def total_channels(self) -> int:
+        return sum(self.channels)
+
 
 class TextModality(Strict):
     kind: Literal["text"]
@@ -48,23 +78,41 @@ class EmbeddingModality(Strict):
     column: str
 
 
-ModalitySpec = Annotated[Union[ImageModality, TextModality, EmbeddingModality], Field(discriminator="kind")]
+ModalitySpec = Annotated[
+    Union[ImageModality, StackedImageModality, TextModality, EmbeddingModality], Field(discriminator="kind")
+]
 
 
-class TableSourceSpec(Strict):
-    """CSV, JSONL or parquet: one file per split (`files`) or one file with a split column."""
+class SourceBase(Strict):
+    """What every data source shares: where the data is and which columns are modalities."""
+
+    root: Path = Path("data")
+    image_root: Optional[str] = Field(None, description="folder image paths are relative to (default: root)")
+    modalities: dict[str, ModalitySpec]
+    num_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _has_modalities(self) -> "SourceBase":
+        if not self.modalities:
+            raise ValueError("declare at least one modality")
+        return self
+
+
+class TableSourceSpec(SourceBase):
+    """CSV, JSONL or parquet: one file per split (`files`) or one file with a split column;
+    a single file without that column is split at random by `split_ratios` and `split_seed`."""
 
     source: Literal["table"] = "table"
-    root: Path = Path("data")
     files: Optional[dict[Literal["train", "dev", "test"], str]] = None
     file: Optional[str] = None
     split_column: str = "split"
     split_values: dict[Literal["train", "dev", "test"], str] = Field(
         default_factory=lambda: {"train": "train", "dev": "dev", "test": "test"}
     )
-    image_root: Optional[str] = Field(None, description="folder image paths are relative to (default: root)")
-    modalities: dict[str, ModalitySpec]
-    num_workers: int = Field(0, ge=0)
+    split_ratios: Optional[tuple[float, float, float]] = Field(
+        None, description="train/dev/test fractions when `file` has no split column"
+    )
+    split_seed: int = 0
 
     @model_validator(mode="after")
     def _one_layout(self) -> "TableSourceSpec":
@@ -73,12 +121,34 @@ class TableSourceSpec(Strict):
         if self.files is not None and set(self.files) != set(SPLITS):
             missing = sorted(set(SPLITS) - set(self.files))
             raise ValueError(f"`files` needs train, dev and test; missing {', '.join(missing)}")
-        if not self.modalities:
-            raise ValueError("declare at least one modality")
+        if self.split_ratios is not None and (min(self.split_ratios) <= 0 or abs(sum(self.split_ratios) - 1) > 1e-6):
+            raise ValueError("`split_ratios` must be three positive fractions that sum to 1")
         return self
 
 
-DataSpec = Annotated[Union[TableSourceSpec], Field(discriminator="source")]
+class MedPixSourceSpec(SourceBase):
+    """MedPix 2.0 as published: `<dataset_dir>/data_{split}.jsonl` (one clinical case per line)
+    and `descriptions_{split}.jsonl` (one image per line), joined on `U_id`, images at
+    `<image_dir>/<image><image_ext>`. Each row offers the image path as `image`, the joined
+    text as `text`, and every description field (`Type`, `Location Category`, `Location`,
+    `Description.Modality`, ...) as a column for tasks."""
+
+    source: Literal["medpix"]
+    dataset_dir: str = "splitted_dataset"
+    image_dir: str = "images"
+    image_ext: str = ".png"
+    split_files: dict[Literal["train", "dev", "test"], str] = Field(
+        default_factory=lambda: {"train": "train", "dev": "dev", "test": "test"},
+        description="file suffix per split, e.g. train: train_1",
+    )
+    text_fields: list[str] = Field(
+        default_factory=lambda: ["Description.Caption", "Case.History", "Case.Findings"],
+        description="dotted fields of the description (Description.*, Location, ...) or of its case (Case.*, Topic.*)",
+    )
+    text_separator: str = " | "
+
+
+DataSpec = Annotated[Union[TableSourceSpec, MedPixSourceSpec], Field(discriminator="source")]
 
 
 class TaskSpec(Strict):
@@ -160,9 +230,20 @@ class ModelSpec(Strict):
 
 
 class TermSpec(Strict):
+    """One weighted loss term. `schedule: linear_warmup` ramps the weight from 0 at the start
+    of the stage to `weight` at fraction `warmup` of it: weight * min(1, progress / warmup)."""
+
     term: str
     weight: float = 1.0
     params: dict[str, Any] = Field(default_factory=dict)
+    schedule: Optional[Literal["constant", "linear_warmup"]] = None
+    warmup: float = Field(0.0, ge=0, le=1, description="fraction of the stage the linear warmup takes")
+
+    @model_validator(mode="after")
+    def _warmup_given(self) -> "TermSpec":
+        if self.schedule == "linear_warmup" and self.warmup <= 0:
+            raise ValueError("`schedule: linear_warmup` needs `warmup`, a fraction of the stage in (0, 1]")
+        return self
 
 
 class ObjectiveSpec(Strict):

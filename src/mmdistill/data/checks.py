@@ -17,15 +17,19 @@ from mmdistill.errors import UserError
 
 
 def check_images(config: ExperimentConfig, data: DataBundle, progress: bool = True) -> int:
-    image_modalities = [m for m, s in config.data.modalities.items() if s.kind == "image"
+    image_modalities = [m for m, s in config.data.modalities.items() if s.kind in ("image", "stacked_image")
                         and m in set(config.teacher.encoders) | set(config.student.encoders)]
-    todo = [(r, m) for s in SPLITS for r in data.datasets[s].records for m in image_modalities]
+    todo = list(dict.fromkeys(
+        (record.origin, path)
+        for s in SPLITS for record in data.datasets[s].records for m in image_modalities
+        for path in (record.values[m] if isinstance(record.values[m], tuple) else (record.values[m],))
+    ))
     bad: list[str] = []
-    for record, modality in tqdm(todo, desc="checking images", disable=not progress or not todo, leave=False):
+    for origin, path in tqdm(todo, desc="checking images", disable=not progress or not todo, leave=False):
         try:
-            check_image(record.values[modality])
+            check_image(path)
         except Exception as exc:  # PIL raises many types for corrupt files
-            bad.append(f"{record.origin}: cannot read image {record.values[modality]} ({type(exc).__name__}: {exc})")
+            bad.append(f"{origin}: cannot read image {path} ({type(exc).__name__}: {exc})")
     if bad:
         more = f" (and {len(bad) - 1} more unreadable images)" if len(bad) > 1 else ""
         raise UserError(bad[0] + more)

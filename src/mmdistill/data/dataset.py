@@ -14,17 +14,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mmdistill.config.schema import SPLITS, ExperimentConfig, ImageModality, ModalitySpec
+from mmdistill.config.schema import SPLITS, ExperimentConfig, ImageModality, ModalitySpec, StackedImageModality
 from mmdistill.data.images import load_image
 from mmdistill.data.labels import discover_tasks, encode_labels
-from mmdistill.data.records import Record, SplitRecords
+from mmdistill.data.medpix import read_medpix
+from mmdistill.data.records import Record
+from mmdistill.data.rows import RawSplits, records_from_rows
 from mmdistill.data.table import read_table
 from mmdistill.errors import UserError
 from mmdistill.models.net import TaskInfo
 from mmdistill.registry import Registry
 
-SOURCES: Registry[Callable[[ExperimentConfig], SplitRecords]] = Registry("data source")
+SOURCES: Registry[Callable[[Any], RawSplits]] = Registry("data source")
 SOURCES.register("table")(read_table)
+SOURCES.register("medpix")(read_medpix)
 
 
 class MultiModalDataset(Dataset):
@@ -38,20 +41,25 @@ class MultiModalDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _image(self, record: Record, name: str, spec: ImageModality) -> torch.Tensor:
-        try:
-            image = load_image(record.values[name], spec.channels, spec.size)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"{record.origin}: cannot read image {record.values[name]}: {exc}") from None
-        mean = torch.tensor(spec.mean or [0.5] * spec.channels).view(-1, 1, 1)
-        std = torch.tensor(spec.std or [0.5] * spec.channels).view(-1, 1, 1)
+    def _image(self, record: Record, name: str, spec: ImageModality | StackedImageModality) -> torch.Tensor:
+        paths = record.values[name] if spec.kind == "stacked_image" else (record.values[name],)
+        channels = spec.channels if spec.kind == "stacked_image" else [spec.channels]
+        parts = []
+        for path, chans in zip(paths, channels):
+            try:
+                parts.append(load_image(path, chans, spec.size))
+            except (OSError, ValueError) as exc:
+                raise UserError(f"{record.origin}: cannot read image {path}: {exc}") from None
+        image = torch.cat(parts) if len(parts) > 1 else parts[0]
+        mean = torch.tensor(spec.mean or [0.5] * spec.total_channels).view(-1, 1, 1)
+        std = torch.tensor(spec.std or [0.5] * spec.total_channels).view(-1, 1, 1)
         return (image - mean) / std
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         record = self.records[i]
         inputs: dict[str, Any] = {}
         for name, spec in self.modalities.items():
-            if spec.kind == "image":
+            if spec.kind in ("image", "stacked_image"):
                 inputs[name] = self._image(record, name, spec)
             elif spec.kind == "embedding":
                 inputs[name] = torch.from_numpy(record.values[name])
@@ -75,10 +83,11 @@ class DataBundle:
                           num_workers=num_workers, persistent_workers=num_workers > 0)
 
 
-def _embedding_dims(config: ExperimentConfig, records: SplitRecords) -> dict[str, int]:
+def _embedding_dims(config: ExperimentConfig, records) -> dict[str, int]:
     dims: dict[str, int] = {}
+    used = set(config.teacher.encoders) | set(config.student.encoders)
     for name, spec in config.data.modalities.items():
-        if spec.kind != "embedding":
+        if spec.kind != "embedding" or name not in used:
             continue
         first = records.splits["train"][0]
         dims[name] = int(first.values[name].shape[0])
@@ -93,7 +102,7 @@ def _embedding_dims(config: ExperimentConfig, records: SplitRecords) -> dict[str
 def load_data(config: ExperimentConfig) -> DataBundle:
     """Read and check every split: files, columns, image paths, labels. Images are decoded
     later (`mmdistill validate` decodes all of them up front)."""
-    records = SOURCES.get(config.data.source, "data.source")(config)
+    records = records_from_rows(config, SOURCES.get(config.data.source, "data.source")(config.data))
     tasks = discover_tasks(config.tasks, records.splits["train"])
     used = set(config.teacher.encoders) | set(config.student.encoders)
     datasets = {s: MultiModalDataset(records.splits[s], config.data.modalities, tasks, s, used) for s in SPLITS}

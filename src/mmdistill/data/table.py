@@ -1,8 +1,8 @@
 """The generic `table` source: CSV, JSONL or parquet, one file per split or one file with a
 split column; columns are mapped to modalities and tasks by the config.
 
-Everything is read as it is in the file (CSV cells stay strings) and checked here, so an error
-names the file and the line the user sees in an editor (CSV line numbers count the header).
+Everything is read as it is in the file (CSV cells stay strings); origins name the file and
+the line the user sees in an editor (CSV line numbers count the header).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from mmdistill.config.schema import SPLITS, ExperimentConfig, TableSourceSpec
-from mmdistill.data.records import Record, SplitRecords
+from mmdistill.config.schema import SPLITS, TableSourceSpec
+from mmdistill.data.rows import RawSplits
 from mmdistill.errors import UserError
 
 
@@ -60,82 +60,49 @@ def _columns(path: Path) -> list[str] | None:
     return None
 
 
-def _resolve_image(value: Any, image_root: Path, origin: str, column: str) -> Path:
-    if not isinstance(value, str) or not value.strip():
-        raise UserError(f"{origin}: column {column!r}: empty image path")
-    root = image_root.resolve()
-    path = (image_root / value).resolve()
-    if root != path and root not in path.parents:
-        raise UserError(f"{origin}: column {column!r}: image path {value!r} escapes the data root {image_root}")
-    if not path.is_file():
-        raise UserError(f"{origin}: column {column!r}: image not found: {image_root / value}")
-    return path
-
-
-def _parse_embedding(value: Any, origin: str, column: str) -> np.ndarray:
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise UserError(f"{origin}: column {column!r}: embedding is not a JSON list of numbers") from None
-    try:
-        vec = np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise UserError(f"{origin}: column {column!r}: embedding is not a list of numbers") from None
-    if vec.ndim != 1 or vec.size == 0:
-        raise UserError(f"{origin}: column {column!r}: embedding must be a non-empty flat list")
-    return vec
-
-
-def read_table(config: ExperimentConfig) -> SplitRecords:
-    spec: TableSourceSpec = config.data  # type: ignore[assignment]
+def read_table(spec: TableSourceSpec) -> RawSplits:
     root = Path(spec.root)
     if not root.is_dir():
         raise UserError(f"data.root: directory not found: {root}")
-    image_root = root / spec.image_root if spec.image_root else root
-    needed = {m.column: name for name, m in spec.modalities.items()}
-    task_columns = {task: (t.column or task) for task, t in config.tasks.items()}
-
+    raw = RawSplits()
     if spec.files is not None:
-        files = {split: root / spec.files[split] for split in SPLITS}
-    else:
-        files = {split: root / spec.file for split in SPLITS}  # type: ignore[operator]
-    for split, path in files.items():
-        if not path.is_file():
-            raise UserError(f"data.files.{split}: file not found: {path}" if spec.files else f"data.file: file not found: {path}")
-
-    out = SplitRecords(splits={s: [] for s in SPLITS}, files={s: str(p) for s, p in files.items()})
-    wanted_split = {v: k for k, v in spec.split_values.items()}
-    for path in dict.fromkeys(files.values()):
-        header = _columns(path)
-        required = list(needed) + list(task_columns.values()) + ([spec.split_column] if spec.file else [])
-        if header is not None:
-            for column in required:
-                if column not in header:
-                    raise UserError(f"{path}: missing column {column!r} (columns: {', '.join(header)})")
-        for origin, row in _rows(path):
-            for column in required:
-                if column not in row:
-                    raise UserError(f"{origin}: missing column {column!r}")
-            if spec.file:
-                split = wanted_split.get(str(row[spec.split_column]))
-                if split is None:
-                    continue
-            else:
-                split = next(s for s, p in files.items() if p == path)
-            values: dict[str, Any] = {}
-            for column, modality in needed.items():
-                kind = spec.modalities[modality].kind
-                if kind == "image":
-                    values[modality] = _resolve_image(row[column], image_root, origin, column)
-                elif kind == "embedding":
-                    values[modality] = _parse_embedding(row[column], origin, column)
-                else:
-                    values[modality] = "" if row[column] is None else str(row[column])
-            labels = {task: row[col] for task, col in task_columns.items()}
-            out.splits[split].append(Record(origin=origin, values=values, labels=labels))
-    for split in SPLITS:
-        if not out.splits[split]:
-            where = files[split] if spec.files else f"{files[split]} ({spec.split_column} == {spec.split_values[split]!r})"
-            raise UserError(f"{where}: the {split} split is empty")
-    return out
+        for split in SPLITS:
+            path = root / spec.files[split]
+            if not path.is_file():
+                raise UserError(f"data.files.{split}: file not found: {path}")
+            raw.files[split] = str(path)
+            header = _columns(path)
+            if header is not None:
+                raw.headers[str(path)] = header
+            raw.rows[split] = list(_rows(path))
+        return raw
+    path = root / spec.file  # type: ignore[operator]
+    if not path.is_file():
+        raise UserError(f"data.file: file not found: {path}")
+    rows = list(_rows(path))
+    header = _columns(path)
+    has_split = any(spec.split_column in row for _, row in rows[:1]) if header is None else spec.split_column in header
+    if header is not None:
+        raw.headers[str(path)] = header
+    if has_split:
+        wanted = {v: k for k, v in spec.split_values.items()}
+        for origin, row in rows:
+            if spec.split_column not in row:
+                raise UserError(f"{origin}: missing column {spec.split_column!r}")
+            split = wanted.get(str(row[spec.split_column]))
+            if split is not None:
+                raw.rows[split].append((origin, row))
+        for split in SPLITS:
+            raw.files[split] = f"{path} ({spec.split_column} == {spec.split_values[split]!r})"
+        return raw
+    if spec.split_ratios is None:
+        raise UserError(f"{path}: missing column {spec.split_column!r}; add it, or set data.split_ratios "
+                        "to split at random")
+    order = np.random.default_rng(spec.split_seed).permutation(len(rows))
+    n_train = int(round(spec.split_ratios[0] * len(rows)))
+    n_dev = int(round(spec.split_ratios[1] * len(rows)))
+    parts = {"train": order[:n_train], "dev": order[n_train:n_train + n_dev], "test": order[n_train + n_dev:]}
+    for split, idx in parts.items():
+        raw.rows[split] = [rows[i] for i in sorted(idx)]
+        raw.files[split] = f"{path} (random {split} split, seed {spec.split_seed})"
+    return raw

@@ -1,0 +1,56 @@
+"""`--smoke`: the same recipe, shrunk to run in seconds on a laptop.
+
+Every backbone is swapped for a tiny random-init model of the same family (timm's own `test_*`
+models, a two-layer BERT for text), images are decoded small, and each stage runs one epoch of
+a few batches. What it checks is the wiring of a recipe (data, modalities, fusion, objective,
+artifacts) before it goes to a cluster, not the numbers.
+"""
+
+from __future__ import annotations
+
+from mmdistill.config.schema import ExperimentConfig
+
+SMOKE_SIZE = 32
+SMOKE_TEXT_MODEL = "tiny-random-bert"
+
+# timm name prefix -> tiny model of the same family (timm ships these for its own tests)
+TIMM_FAMILIES = [
+    (("vit", "deit", "beit", "eva", "swin"), "test_vit"),
+    (("efficientnet", "tf_efficientnet", "mobilenet"), "test_efficientnet"),
+    (("convnext",), "test_convnext"),
+]
+
+
+def tiny_timm_name(name: str) -> str:
+    for prefixes, tiny in TIMM_FAMILIES:
+        if name.startswith(prefixes):
+            return tiny
+    return "test_resnet"
+
+
+def smoke_config(config: ExperimentConfig) -> ExperimentConfig:
+    data = config.data.model_copy(deep=True)
+    for modality in data.modalities.values():
+        if modality.kind == "image":
+            modality.size = min(modality.size, SMOKE_SIZE)
+    models = {}
+    for role in ("teacher", "student"):
+        spec = getattr(config, role).model_copy(deep=True)
+        for encoder in spec.encoders.values():
+            if encoder.type == "timm":
+                encoder.name, encoder.pretrained, encoder.checkpoint = tiny_timm_name(encoder.name), False, None
+                encoder.input_size = SMOKE_SIZE
+            elif encoder.type == "hf_text":
+                encoder.model, encoder.max_length = SMOKE_TEXT_MODEL, min(encoder.max_length, 32)
+            elif encoder.type == "tiny_cnn":
+                encoder.input_size = None
+        spec.projection_dim = min(spec.projection_dim, 32)
+        spec.checkpoint = None
+        models[role] = spec
+    training = config.training.model_copy(deep=True)
+    for stage in (training.teacher, training.student):
+        stage.epochs, stage.limit_train_batches, stage.patience = 1, 3, None
+        stage.batch_size = min(stage.batch_size, 8)
+    return config.model_copy(update={
+        "experiment_name": f"{config.experiment_name}_smoke", "data": data, "training": training, **models,
+    })

@@ -1,0 +1,97 @@
+"""From source rows to records: the part every data source shares.
+
+A source only has to yield `(origin, row)` pairs per split, where a row is a flat dict of
+column -> value; mapping columns to modalities and tasks, resolving image paths inside the
+data root and checking columns happens here once, with errors naming the origin.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmdistill.config.schema import SPLITS, ExperimentConfig
+from mmdistill.data.records import Record, SplitRecords
+from mmdistill.errors import UserError
+
+Row = tuple[str, dict[str, Any]]
+
+
+@dataclass
+class RawSplits:
+    """What a source yields: rows per split, the file each split came from, and (optionally)
+    the columns known up front (a CSV header), so a missing column is named once per file."""
+
+    rows: dict[str, list[Row]] = field(default_factory=lambda: {s: [] for s in SPLITS})
+    files: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _resolve_image(value: Any, image_root: Path, origin: str, column: str) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise UserError(f"{origin}: column {column!r}: empty image path")
+    root = image_root.resolve()
+    path = (image_root / value).resolve()
+    if root != path and root not in path.parents:
+        raise UserError(f"{origin}: column {column!r}: image path {value!r} escapes the data root {image_root}")
+    if not path.is_file():
+        raise UserError(f"{origin}: column {column!r}: image not found: {image_root / value}")
+    return path
+
+
+def _parse_embedding(value: Any, origin: str, column: str) -> np.ndarray:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise UserError(f"{origin}: column {column!r}: embedding is not a JSON list of numbers") from None
+    try:
+        vec = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise UserError(f"{origin}: column {column!r}: embedding is not a list of numbers") from None
+    if vec.ndim != 1 or vec.size == 0:
+        raise UserError(f"{origin}: column {column!r}: embedding must be a non-empty flat list")
+    return vec
+
+
+def _columns_of(modality: Any) -> list[str]:
+    return list(modality.columns) if modality.kind == "stacked_image" else [modality.column]
+
+
+def records_from_rows(config: ExperimentConfig, raw: RawSplits) -> SplitRecords:
+    spec = config.data
+    root = Path(spec.root)
+    image_root = root / spec.image_root if spec.image_root else root
+    used = set(config.teacher.encoders) | set(config.student.encoders)
+    modalities = {name: m for name, m in spec.modalities.items() if name in used}
+    task_columns = {task: (t.column or task) for task, t in config.tasks.items()}
+    required = list(dict.fromkeys([c for m in modalities.values() for c in _columns_of(m)] + list(task_columns.values())))
+    for path, header in raw.headers.items():
+        for column in required:
+            if column not in header:
+                raise UserError(f"{path}: missing column {column!r} (columns: {', '.join(header)})")
+    out = SplitRecords(splits={s: [] for s in SPLITS}, files=dict(raw.files))
+    for split in SPLITS:
+        for origin, row in raw.rows[split]:
+            for column in required:
+                if column not in row:
+                    raise UserError(f"{origin}: missing column {column!r}")
+            values: dict[str, Any] = {}
+            for name, modality in modalities.items():
+                if modality.kind == "image":
+                    values[name] = _resolve_image(row[modality.column], image_root, origin, modality.column)
+                elif modality.kind == "stacked_image":
+                    values[name] = tuple(_resolve_image(row[c], image_root, origin, c) for c in modality.columns)
+                elif modality.kind == "embedding":
+                    values[name] = _parse_embedding(row[modality.column], origin, modality.column)
+                else:
+                    values[name] = "" if row[modality.column] is None else str(row[modality.column])
+            labels = {task: row[col] for task, col in task_columns.items()}
+            out.splits[split].append(Record(origin=origin, values=values, labels=labels))
+        if not out.splits[split]:
+            raise UserError(f"{raw.files.get(split, split)}: the {split} split is empty")
+    return out
