@@ -8,31 +8,19 @@ with dots (`Type`, `Location Category`, `Description.Modality`, ...) for tasks t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from mmdistill.config.schema import SPLITS, MedPixSourceSpec
 from mmdistill.data.rows import RawSplits, Row
+from mmdistill.data.table import read_rows
 from mmdistill.errors import UserError
 
 
 def _jsonl(path: Path) -> list[tuple[str, dict[str, Any]]]:
     if not path.is_file():
         raise UserError(f"{path}: file not found")
-    out = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path} line {n}: malformed JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}")
-            out.append((f"{path} line {n}", row))
-    return out
+    return list(read_rows(path))
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

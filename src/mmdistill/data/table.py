@@ -19,7 +19,7 @@ from mmdistill.data.rows import RawSplits
 from mmdistill.errors import UserError
 
 
-def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """(origin, row) pairs; origin is `file line N` (CSV/JSONL) or `file row N` (parquet)."""
     suffix = path.suffix.lower()
     if suffix == ".csv":
@@ -74,12 +74,12 @@ def read_table(spec: TableSourceSpec) -> RawSplits:
             header = _columns(path)
             if header is not None:
                 raw.headers[str(path)] = header
-            raw.rows[split] = list(_rows(path))
+            raw.rows[split] = list(read_rows(path))
         return raw
     path = root / spec.file  # type: ignore[operator]
     if not path.is_file():
         raise UserError(f"data.file: file not found: {path}")
-    rows = list(_rows(path))
+    rows = list(read_rows(path))
     header = _columns(path)
     has_split = any(spec.split_column in row for _, row in rows[:1]) if header is None else spec.split_column in header
     if header is not None:
