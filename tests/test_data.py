@@ -7,6 +7,7 @@ import json
 import shutil
 
 import numpy as np
+import torch
 import pytest
 
 from conftest import tiny_config
@@ -137,3 +138,20 @@ def test_malformed_jsonl_line(demo_root, tmp_path):
     (root / "all.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(UserError, match=r"all\.jsonl line 10: malformed JSON"):
         load_data(_config(root, tmp_path, files=None, file="all.jsonl"))
+
+
+def test_augmentation_is_shared_across_image_modalities_reproducible_and_train_only(demo_root, tmp_path):
+    raw = tiny_config(demo_root, tmp_path / "runs")
+    raw["data"]["modalities"]["copy"] = {"kind": "image", "column": "image", "channels": 3, "size": 16}
+    raw["teacher"]["encoders"]["copy"] = {"type": "tiny_cnn", "widths": [4]}
+    raw["data"]["augment"] = {"rotation_degrees": 30, "horizontal_flip_prob": 0.5, "brightness": 0.4, "translate": [0.1, 0.1]}
+    config = ExperimentConfig.model_validate(raw)
+    data = load_data(config)
+    first = data.datasets["train"][5]["inputs"]
+    assert torch.equal(first["image"], first["copy"])  # one draw per sample, applied alike
+    second = data.datasets["train"][5]["inputs"]["image"]
+    assert not torch.equal(first["image"], second)  # a new view each time the sample is read
+    again = load_data(config).datasets["train"][5]["inputs"]["image"]
+    assert torch.equal(again, first["image"])  # same seed, same views
+    plain = ExperimentConfig.model_validate({**raw, "data": {**raw["data"], "augment": None}})
+    assert torch.equal(load_data(plain).datasets["dev"][2]["inputs"]["image"], data.datasets["dev"][2]["inputs"]["image"])

@@ -83,6 +83,21 @@ ModalitySpec = Annotated[
 ]
 
 
+class AugmentSpec(Strict):
+    """Train-split augmentation (seed 004's parameters); null or 0 disables each one."""
+
+    brightness: Optional[float] = Field(None, ge=0)
+    contrast: Optional[float] = Field(None, ge=0)
+    saturation: Optional[float] = Field(None, ge=0)
+    hue: Optional[float] = Field(None, ge=0, le=0.5)
+    rotation_degrees: Optional[float] = Field(None, ge=0)
+    scale: Optional[tuple[float, float]] = None
+    translate: Optional[tuple[float, float]] = Field(None, description="max shift as a fraction of width, height")
+    horizontal_flip_prob: float = Field(0.0, ge=0, le=1)
+    vertical_flip_prob: float = Field(0.0, ge=0, le=1)
+    grayscale_prob: float = Field(0.0, ge=0, le=1)
+
+
 class SourceBase(Strict):
     """What every data source shares: where the data is and which columns are modalities."""
 
@@ -90,6 +105,7 @@ class SourceBase(Strict):
     image_root: Optional[str] = Field(None, description="folder image paths are relative to (default: root)")
     modalities: dict[str, ModalitySpec]
     num_workers: int = Field(0, ge=0)
+    augment: Optional[AugmentSpec] = Field(None, description="applied to the train split only")
 
     @model_validator(mode="after")
     def _has_modalities(self) -> "SourceBase":

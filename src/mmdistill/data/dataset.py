@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mmdistill.config.schema import SPLITS, ExperimentConfig, ImageModality, ModalitySpec, StackedImageModality
+from mmdistill.data.augment import Augmenter
 from mmdistill.data.images import load_image
 from mmdistill.data.labels import discover_tasks, encode_labels
 from mmdistill.data.medpix import read_medpix
@@ -32,11 +33,13 @@ SOURCES.register("medpix")(read_medpix)
 
 class MultiModalDataset(Dataset):
     def __init__(self, records: list[Record], modalities: dict[str, ModalitySpec], tasks: list[TaskInfo], split: str,
-                 used: set[str] | None = None):
+                 used: set[str] | None = None, augmenter: Augmenter | None = None):
         self.records = records
         self.modalities = {k: v for k, v in modalities.items() if used is None or k in used}
         self.tasks = tasks
         self.labels = encode_labels(records, tasks, split)
+        self.augmenter = augmenter
+        self._draws = [0] * len(records)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -50,17 +53,26 @@ class MultiModalDataset(Dataset):
                 parts.append(load_image(path, chans, spec.size))
             except (OSError, ValueError) as exc:
                 raise UserError(f"{record.origin}: cannot read image {path}: {exc}") from None
-        image = torch.cat(parts) if len(parts) > 1 else parts[0]
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    @staticmethod
+    def _normalize(image: torch.Tensor, spec: ImageModality | StackedImageModality) -> torch.Tensor:
         mean = torch.tensor(spec.mean or [0.5] * spec.total_channels).view(-1, 1, 1)
         std = torch.tensor(spec.std or [0.5] * spec.total_channels).view(-1, 1, 1)
         return (image - mean) / std
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         record = self.records[i]
+        image_specs = {n: s for n, s in self.modalities.items() if s.kind in ("image", "stacked_image")}
+        images = {name: self._image(record, name, spec) for name, spec in image_specs.items()}
+        if self.augmenter is not None and images:
+            rgb = {n for n, s in image_specs.items() if s.kind == "image" and s.channels == 3}
+            images = self.augmenter(images, rgb, self.augmenter.generator(i, self._draws[i]))
+            self._draws[i] += 1
         inputs: dict[str, Any] = {}
         for name, spec in self.modalities.items():
-            if spec.kind in ("image", "stacked_image"):
-                inputs[name] = self._image(record, name, spec)
+            if name in images:
+                inputs[name] = self._normalize(images[name], spec)
             elif spec.kind == "embedding":
                 inputs[name] = torch.from_numpy(record.values[name])
             else:
@@ -105,7 +117,9 @@ def load_data(config: ExperimentConfig) -> DataBundle:
     records = records_from_rows(config, SOURCES.get(config.data.source, "data.source")(config.data))
     tasks = discover_tasks(config.tasks, records.splits["train"])
     used = set(config.teacher.encoders) | set(config.student.encoders)
-    datasets = {s: MultiModalDataset(records.splits[s], config.data.modalities, tasks, s, used) for s in SPLITS}
+    augment = Augmenter(config.data.augment, config.seed) if config.data.augment else None
+    datasets = {s: MultiModalDataset(records.splits[s], config.data.modalities, tasks, s, used,
+                                     augment if s == "train" else None) for s in SPLITS}
     return DataBundle(tasks=tasks, datasets=datasets, files=records.files, embedding_dims=_embedding_dims(config, records))
 
 
