@@ -23,6 +23,11 @@ def check_consistency(config: ExperimentConfig, source: str) -> None:
             if encoder.type not in ENCODERS_FOR_KIND[kind]:
                 allowed = ", ".join(sorted(ENCODERS_FOR_KIND[kind]))
                 raise UserError(f"{key}.type: {encoder.type!r} cannot read {kind} modality {name!r}; use {allowed}")
+    for stage in ("teacher", "student"):
+        task = getattr(config.training, stage).weighted_sampling
+        if task is not None and task not in config.tasks:
+            raise UserError(f"{source}: training.{stage}.weighted_sampling: no task {task!r} "
+                            f"(tasks: {', '.join(config.tasks)})")
     from mmdistill.losses.objective import check_objective
     from mmdistill.models.fusion import check_fusion
 

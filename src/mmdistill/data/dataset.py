@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from mmdistill.config.schema import SPLITS, ExperimentConfig, ImageModality, ModalitySpec, StackedImageModality
 from mmdistill.data.augment import Augmenter
@@ -89,10 +89,20 @@ class DataBundle:
     files: dict[str, str]
     embedding_dims: dict[str, int]
 
-    def loader(self, split: str, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0) -> DataLoader:
+    def loader(self, split: str, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
+               balance_task: str | None = None) -> DataLoader:
+        """`balance_task`: sample with replacement, each sample weighted by 1 / (count of its
+        class in that task), so every class is drawn equally often (seed 004's weighted sampling)."""
         generator = torch.Generator().manual_seed(seed)
-        return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle, generator=generator,
-                          num_workers=num_workers, persistent_workers=num_workers > 0)
+        sampler = None
+        if balance_task is not None:
+            labels = np.asarray(self.datasets[split].labels[balance_task])
+            weights = 1.0 / np.bincount(labels)[labels]
+            sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(labels), replacement=True,
+                                            generator=generator)
+            shuffle = False
+        return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle, sampler=sampler,
+                          generator=generator, num_workers=num_workers, persistent_workers=num_workers > 0)
 
 
 def _embedding_dims(config: ExperimentConfig, records) -> dict[str, int]:

@@ -108,6 +108,13 @@ def check_objective(config: ExperimentConfig) -> None:
                 raise UserError(f"{key}.params.{role}: the {role} has no modality {ref.partition(':')[2]!r} "
                                 f"(it reads {', '.join(sorted(models[role]))})")
         cls.check_config(params, config, key)
+    for i, spec in enumerate(config.objective.supervised or []):
+        key = f"objective.supervised.{i}"
+        cls, params = _validated_params(spec, key)
+        if cls.needs_teacher:
+            raise UserError(f"{key}.term: {spec.term!r} needs a teacher; the teacher and baseline stages have none "
+                            f"(use task or focal)")
+        cls.check_config(params, config, key)
 
 
 class Objective(nn.Module):
@@ -151,6 +158,12 @@ class Objective(nn.Module):
             if term.needs_dataset_size:
                 term.set_dataset_size(n)
 
+    def set_class_counts(self, counts: dict[str, list[int]]) -> None:
+        """Give terms with data-derived weights (`class_weights: balanced`) the train counts."""
+        for term in self.terms:
+            if hasattr(term, "set_class_counts"):
+                term.set_class_counts(counts)
+
     def weight_at(self, i: int, progress: float) -> float:
         """Term i's weight at `progress` (0..1 through the stage), after its schedule."""
         schedule, warmup = self.schedules[i]
@@ -166,5 +179,5 @@ class Objective(nn.Module):
 
 
 def build_objective(preset: str | None, terms: list[TermSpec] | None, tasks: list[TaskInfo],
-                    student: MultiModalNet, teacher: MultiModalNet | None) -> Objective:
-    return Objective(resolve_terms(preset, terms), tasks, student, teacher)
+                    student: MultiModalNet, teacher: MultiModalNet | None, key: str = "objective") -> Objective:
+    return Objective(resolve_terms(preset, terms), tasks, student, teacher, key)

@@ -14,7 +14,7 @@ relational, distributional, contrastive and attention terms live in `relational.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Literal, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -89,8 +89,8 @@ def binary_kl(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- task losses
 
 
-def _check_task_keys(mapping: dict, kind: str, param: str, config: "ExperimentConfig", key: str) -> None:
-    for name in mapping:
+def _check_task_keys(mapping: dict | str, kind: str, param: str, config: "ExperimentConfig", key: str) -> None:
+    for name in ({} if mapping == "balanced" else mapping):
         if name not in config.tasks:
             raise UserError(f"{key}.params.{param}: no task {name!r} (tasks: {', '.join(config.tasks)})")
         if config.tasks[name].type != kind:
@@ -100,22 +100,25 @@ def _check_task_keys(mapping: dict, kind: str, param: str, config: "ExperimentCo
 
 class TaskParams(TermParams):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    class_weights: dict[str, list[float]] = Field(
-        default_factory=dict, description="multiclass task -> one weight per class (in the task's class order)")
-    pos_weight: dict[str, float] = Field(default_factory=dict, description="binary task -> weight of the positive class")
+    class_weights: Union[dict[str, list[float]], Literal["balanced"]] = Field(
+        default_factory=dict, description="multiclass task -> one weight per class (in the task's class order), "
+                                          "or 'balanced': n / (classes * count) from the train split")
+    pos_weight: Union[dict[str, float], Literal["balanced"]] = Field(
+        default_factory=dict, description="binary task -> weight of the positive class, or 'balanced': "
+                                          "negatives / positives in the train split")
 
     @field_validator("class_weights")
     @classmethod
-    def _positive_class_weights(cls, value: dict[str, list[float]]) -> dict[str, list[float]]:
-        for name, weights in value.items():
+    def _positive_class_weights(cls, value):
+        for name, weights in ({} if value == "balanced" else value).items():
             if not weights or min(weights) < 0 or sum(weights) <= 0:
                 raise ValueError(f"class weights of task {name!r} must be non-negative and not all zero")
         return value
 
     @field_validator("pos_weight")
     @classmethod
-    def _positive_pos_weight(cls, value: dict[str, float]) -> dict[str, float]:
-        for name, weight in value.items():
+    def _positive_pos_weight(cls, value):
+        for name, weight in ({} if value == "balanced" else value).items():
             if weight <= 0:
                 raise ValueError(f"pos_weight of task {name!r} must be positive")
         return value
@@ -138,8 +141,11 @@ class TaskLoss(Term):
         super().__init__()
         self.params = params
         self.tasks = tasks
+        self.balanced = {p for p in ("class_weights", "pos_weight") if getattr(params, p) == "balanced"}
+        self.class_weights: dict[str, list[float]] = {} if "class_weights" in self.balanced else params.class_weights
+        self.pos_weight: dict[str, float] = {} if "pos_weight" in self.balanced else params.pos_weight
         by_name = {t.name: t for t in tasks}
-        for name, weights in params.class_weights.items():
+        for name, weights in self.class_weights.items():
             task = by_name.get(name)
             if task is None or task.type != "multiclass":
                 raise UserError(f"class_weights: {name!r} is not a multiclass task "
@@ -147,7 +153,7 @@ class TaskLoss(Term):
             if len(weights) != len(task.classes):
                 raise UserError(f"class_weights.{name}: {len(weights)} weights for {len(task.classes)} classes "
                                 f"({', '.join(task.classes)})")
-        for name in params.pos_weight:
+        for name in self.pos_weight:
             if name not in by_name or by_name[name].type != "binary":
                 raise UserError(f"pos_weight: {name!r} is not a binary task "
                                 f"(binary tasks: {', '.join(t.name for t in tasks if t.type == 'binary') or 'none'})")
@@ -157,16 +163,29 @@ class TaskLoss(Term):
         _check_task_keys(params.class_weights, "multiclass", "class_weights", config, key)
         _check_task_keys(params.pos_weight, "binary", "pos_weight", config, key)
 
+    def set_class_counts(self, counts: dict[str, list[int]]) -> None:
+        """Resolve `balanced` weights from the train split's class counts (seed 004's
+        use_class_weights_from_data): w_c = n / (C * n_c), pos_weight = n_neg / n_pos."""
+        for task in self.tasks:
+            n = [max(c, 1) for c in counts[task.name]]
+            if task.type == "multiclass" and "class_weights" in self.balanced:
+                self.class_weights[task.name] = [sum(n) / (len(n) * c) for c in n]
+            if task.type == "binary" and "pos_weight" in self.balanced:
+                self.pos_weight[task.name] = n[0] / n[1]
+        self.balanced = set()
+
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: LossBatch) -> torch.Tensor:
+        if self.balanced:
+            raise RuntimeError("balanced class weights need set_class_counts() before the first step")
         losses = []
         for task in self.tasks:
             z, y = student.logits[task.name], batch.labels[task.name]
             if task.type == "binary":
-                pw = self.params.pos_weight.get(task.name)
+                pw = self.pos_weight.get(task.name)
                 pw = None if pw is None else torch.tensor(pw, dtype=z.dtype, device=z.device)
                 losses.append(F.binary_cross_entropy_with_logits(z, y.to(z.dtype), pos_weight=pw))
             else:
-                w = self.params.class_weights.get(task.name)
+                w = self.class_weights.get(task.name)
                 w = None if w is None else torch.tensor(w, dtype=z.dtype, device=z.device)
                 losses.append(F.cross_entropy(z, y, weight=w, label_smoothing=self.params.label_smoothing))
         return _mean(losses)

@@ -17,11 +17,11 @@ import numpy as np
 import yaml
 
 from mmdistill.config.schema import ExperimentConfig
-from mmdistill.data.dataset import DataBundle, load_data
+from mmdistill.data.dataset import DataBundle, class_counts, load_data
 from mmdistill.errors import UserError
 from mmdistill.eval.plots import plot_confusion, plot_curves
 from mmdistill.io import write_json_atomic, write_text_atomic
-from mmdistill.losses.objective import build_objective
+from mmdistill.losses.objective import Objective, build_objective
 from mmdistill.models.net import MultiModalNet
 from mmdistill.train.checkpoints import load_weights
 from mmdistill.train.recorder import MetricsLog
@@ -80,7 +80,15 @@ def run_experiment(config: ExperimentConfig, overwrite: bool = False) -> dict[st
     (run_dir / "plots").mkdir(exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     log = MetricsLog(run_dir / "metrics.csv")
-    task_only = lambda model, t=None: build_objective("task_only", None, data.tasks, model, t)
+    counts = {task: list(c.values()) for task, c in class_counts(data.datasets["train"]).items()}
+
+    def supervised(model: MultiModalNet) -> Objective:
+        spec = config.objective
+        objective = build_objective("task_only" if not spec.supervised else None, spec.supervised, data.tasks, model,
+                                    None, "objective.supervised")
+        objective.set_class_counts(counts)
+        return objective
+
     results: dict[str, Any] = {"experiment": config.experiment_name, "seed": config.seed}
     timing: dict[str, float] = {}
 
@@ -90,7 +98,7 @@ def run_experiment(config: ExperimentConfig, overwrite: bool = False) -> dict[st
         stages = {"teacher": evaluate_only(teacher, data, config.training.teacher.batch_size)}
         results["teacher_checkpoint"] = str(config.teacher.checkpoint)
     else:
-        stages = {"teacher": train_stage("teacher", config, config.training.teacher, teacher, task_only(teacher), data,
+        stages = {"teacher": train_stage("teacher", config, config.training.teacher, teacher, supervised(teacher), data,
                                          log, run_dir / "checkpoints" / "teacher_best.safetensors")}
 
     # Stage 2: the KD student, and the same student trained without the teacher.
@@ -98,12 +106,13 @@ def run_experiment(config: ExperimentConfig, overwrite: bool = False) -> dict[st
     student = build_model(config, "student", data)
     objective = build_objective(config.objective.preset, config.objective.terms, data.tasks, student, teacher)
     objective.set_dataset_size(len(data.datasets["train"]))
+    objective.set_class_counts(counts)
     stages["student"] = train_stage("student", config, config.training.student, student, objective, data, log,
                                     run_dir / "checkpoints" / "student_best.safetensors", teacher=teacher)
     if config.training.baseline:
         L.seed_everything(config.seed, workers=True, verbose=False)
         baseline = build_model(config, "student", data)
-        stages["baseline"] = train_stage("baseline", config, config.training.student, baseline, task_only(baseline),
+        stages["baseline"] = train_stage("baseline", config, config.training.student, baseline, supervised(baseline),
                                          data, log, run_dir / "checkpoints" / "baseline_best.safetensors")
 
     for name, result in stages.items():

@@ -84,7 +84,9 @@ def train_stage(name: str, config: ExperimentConfig, stage: StageTraining, model
                                        check_on_train_epoch_end=False))
     trainer = make_trainer(config, stage, callbacks)
     workers = config.data.num_workers
-    trainer.fit(module, data.loader("train", stage.batch_size, shuffle=True, seed=config.seed, num_workers=workers),
+    train_loader = data.loader("train", stage.batch_size, shuffle=True, seed=config.seed, num_workers=workers,
+                               balance_task=stage.weighted_sampling)
+    trainer.fit(module, train_loader,
                 data.loader("dev", stage.batch_size, shuffle=False, seed=config.seed, num_workers=workers))
     model.cpu()
     load_weights(model, best_path, f"{name} best checkpoint")
