@@ -263,10 +263,13 @@ class TermSpec(Strict):
 
 
 class ObjectiveSpec(Strict):
-    """The student-stage loss: a named preset, or an explicit weighted list of terms."""
+    """The student-stage loss: a named preset, or an explicit weighted list of terms; and
+    `supervised`, the loss of the teacher and baseline stages (default: `task` alone), e.g.
+    focal loss with balanced class weights for an imbalanced classifier (seed 004)."""
 
     preset: Optional[str] = None
     terms: Optional[list[TermSpec]] = None
+    supervised: Optional[list[TermSpec]] = None
 
     @model_validator(mode="after")
     def _preset_or_terms(self) -> "ObjectiveSpec":
@@ -294,6 +297,8 @@ class StageTraining(Strict):
     patience: Optional[int] = Field(5, ge=1, description="epochs without dev improvement; null disables")
     grad_clip: Optional[float] = Field(None, gt=0)
     limit_train_batches: Optional[int] = Field(None, ge=1, description="cap batches per epoch (smoke runs)")
+    weighted_sampling: Optional[str] = Field(
+        None, description="task name: draw train samples with probability inverse to their class frequency")
 
 
 class TrainingSpec(Strict):
