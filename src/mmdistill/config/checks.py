@@ -23,6 +23,14 @@ def check_consistency(config: ExperimentConfig, source: str) -> None:
             if encoder.type not in ENCODERS_FOR_KIND[kind]:
                 allowed = ", ".join(sorted(ENCODERS_FOR_KIND[kind]))
                 raise UserError(f"{key}.type: {encoder.type!r} cannot read {kind} modality {name!r}; use {allowed}")
+    for role in ("teacher", "student"):
+        masking = getattr(config, role).masking
+        if masking is None:
+            continue
+        for name in [masking.complete, *masking.random] if masking.complete else list(masking.random):
+            if name not in getattr(config, role).encoders:
+                raise UserError(f"{source}: {role}.masking: {name!r} is not a modality the {role} reads "
+                                f"({', '.join(getattr(config, role).encoders)})")
     for stage in ("teacher", "student"):
         task = getattr(config.training, stage).weighted_sampling
         if task is not None and task not in config.tasks:

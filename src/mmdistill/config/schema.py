@@ -226,6 +226,22 @@ class FusionSpec(Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class MaskingSpec(Strict):
+    """Modality masking (seed 004). `complete`: this modality is always masked (train and
+    eval), to measure what a model does without it. `random`: during training each sample
+    loses each modality with its probability, but always keeps at least one."""
+
+    complete: Optional[str] = None
+    random: dict[str, float] = Field(default_factory=dict, description="modality -> masking probability")
+
+    @model_validator(mode="after")
+    def _probabilities(self) -> "MaskingSpec":
+        for name, p in self.random.items():
+            if not 0 <= p < 1:
+                raise ValueError(f"random masking probability of {name!r} must be in [0, 1), got {p}")
+        return self
+
+
 class ModelSpec(Strict):
     """One MultiModalNet: the modalities it reads are the keys of `encoders`."""
 
@@ -233,6 +249,9 @@ class ModelSpec(Strict):
     projection_dim: int = Field(128, gt=0)
     fusion: FusionSpec = Field(default_factory=FusionSpec)
     dropout: float = Field(0.1, ge=0, lt=1)
+    normalize_projections: bool = Field(False, description="L2-normalise each projection before fusion (seed 004)")
+    masking: Optional[MaskingSpec] = None
+    aux_heads: bool = Field(False, description="one head per modality and task too, for the aux_task loss term")
     checkpoint: Optional[Path] = Field(None, description="load these weights (safetensors) instead of training")
 
     @model_validator(mode="after")

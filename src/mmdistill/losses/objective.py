@@ -108,6 +108,7 @@ def check_objective(config: ExperimentConfig) -> None:
                 raise UserError(f"{key}.params.{role}: the {role} has no modality {ref.partition(':')[2]!r} "
                                 f"(it reads {', '.join(sorted(models[role]))})")
         cls.check_config(params, config, key)
+        _check_aux_heads(cls, spec, config, key, ["student"])
     for i, spec in enumerate(config.objective.supervised or []):
         key = f"objective.supervised.{i}"
         cls, params = _validated_params(spec, key)
@@ -115,6 +116,13 @@ def check_objective(config: ExperimentConfig) -> None:
             raise UserError(f"{key}.term: {spec.term!r} needs a teacher; the teacher and baseline stages have none "
                             f"(use task or focal)")
         cls.check_config(params, config, key)
+        _check_aux_heads(cls, spec, config, key, ["teacher"] + (["student"] if config.training.baseline else []))
+
+
+def _check_aux_heads(cls: type[Term], spec: TermSpec, config: ExperimentConfig, key: str, roles: list[str]) -> None:
+    for role in roles:
+        if cls.needs_aux_heads and not getattr(config, role).aux_heads:
+            raise UserError(f"{key}.term: {spec.term!r} trains per-modality heads; set {role}.aux_heads: true")
 
 
 class Objective(nn.Module):

@@ -56,6 +56,7 @@ class Term(nn.Module):
     """
 
     needs_teacher: bool = True
+    needs_aux_heads: bool = False
     needs_feature_maps: bool = False
     needs_dataset_size: bool = False
     Params: type[TermParams] = TermParams
@@ -188,6 +189,47 @@ class TaskLoss(Term):
                 w = self.class_weights.get(task.name)
                 w = None if w is None else torch.tensor(w, dtype=z.dtype, device=z.device)
                 losses.append(F.cross_entropy(z, y, weight=w, label_smoothing=self.params.label_smoothing))
+        return _mean(losses)
+
+
+class AuxTaskParams(TermParams):
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+@TERMS.register("aux_task")
+class AuxTaskLoss(Term):
+    """Auxiliary per-modality loss (seed 004's use_auxiliary_loss): each modality's own head
+    (`aux_heads: true`) is trained on the labels, so every modality stays useful on its own,
+    which is what modality masking and missing modalities at test time need.
+
+    mean over modalities m of the task loss (CE / BCE) of aux_logits[m], averaged over the
+    samples in which m was not masked.
+    """
+
+    needs_teacher = False
+    needs_aux_heads = True
+    Params = AuxTaskParams
+
+    def __init__(self, params: AuxTaskParams, tasks: list[TaskInfo], student: MultiModalNet, teacher: MultiModalNet | None):
+        super().__init__()
+        self.params = params
+        self.tasks = tasks
+
+    def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: LossBatch) -> torch.Tensor:
+        losses = []
+        for i, (modality, logits) in enumerate(student.aux_logits.items()):
+            keep = None if student.present is None else student.present[:, i]
+            if keep is not None and not keep.any():
+                continue
+            for task in self.tasks:
+                z, y = logits[task.name], batch.labels[task.name]
+                if task.type == "binary":
+                    per = F.binary_cross_entropy_with_logits(z, y.to(z.dtype), reduction="none")
+                else:
+                    per = F.cross_entropy(z, y, label_smoothing=self.params.label_smoothing, reduction="none")
+                losses.append(per.mean() if keep is None else per[keep].mean())
+        if not losses:
+            return next(iter(student.logits.values())).sum() * 0.0
         return _mean(losses)
 
 

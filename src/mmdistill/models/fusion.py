@@ -3,6 +3,10 @@
 Chosen by `fusion.type` with `fusion.params`; every module takes the ordered modality names so
 it can hold per-modality parameters, and returns a [batch, out_dim] vector. Each one also works
 with a single modality, so an image-only student can use the teacher's fusion type.
+
+`present` ([batch, modalities] booleans, or None for all present) is modality masking (seed
+004): each fusion leaves a masked modality out in its own way rather than fusing a zero vector
+as if it were data.
 """
 
 from __future__ import annotations
@@ -53,7 +57,9 @@ class ConcatMLP(Fusion):
         )
         self.out_dim = dim
 
-    def forward(self, projections: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, projections: list[torch.Tensor], present: torch.Tensor | None = None) -> torch.Tensor:
+        if present is not None:  # a masked modality's slot is zero, as in seed 004
+            projections = [p * present[:, i : i + 1].to(p.dtype) for i, p in enumerate(projections)]
         return self.net(torch.cat(projections, dim=-1))
 
 
@@ -71,9 +77,12 @@ class WeightedSum(Fusion):
         self.logits = nn.Parameter(torch.zeros(len(modalities)))
         self.out_dim = dim
 
-    def forward(self, projections: list[torch.Tensor]) -> torch.Tensor:
-        weights = torch.softmax(self.logits, dim=0)
-        return sum(w * p for w, p in zip(weights, projections))
+    def forward(self, projections: list[torch.Tensor], present: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.logits.expand(projections[0].shape[0], -1)
+        if present is not None:  # the weights are renormalised over the modalities present
+            logits = logits.masked_fill(~present, float("-inf"))
+        weights = torch.softmax(logits, dim=1)
+        return sum(weights[:, i : i + 1] * p for i, p in enumerate(projections))
 
 
 class CrossAttentionParams(FusionParams):
@@ -96,9 +105,13 @@ class CrossAttention(Fusion):
         self.encoder = nn.TransformerEncoder(layer, params.layers, enable_nested_tensor=False)
         self.out_dim = dim
 
-    def forward(self, projections: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, projections: list[torch.Tensor], present: torch.Tensor | None = None) -> torch.Tensor:
         tokens = torch.stack(projections, dim=1) + self.modality_embedding
-        return self.encoder(tokens).mean(dim=1)
+        if present is None:
+            return self.encoder(tokens).mean(dim=1)
+        out = self.encoder(tokens, src_key_padding_mask=~present)  # masked tokens are not attended to
+        keep = present.unsqueeze(-1).to(out.dtype)
+        return (out * keep).sum(1) / keep.sum(1).clamp(min=1.0)
 
 
 def _params(spec: Any, key: str) -> tuple[type[FusionParams], Callable[..., Fusion], FusionParams]:

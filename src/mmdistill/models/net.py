@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmdistill.config.schema import ModelSpec, ModalitySpec, TaskSpec
@@ -30,6 +31,10 @@ class ModelOutput:
     fused: torch.Tensor | None = None
     # modality -> [B, C, H, W] encoder map; only for the modalities in `model.want_feature_maps`
     feature_maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    # modality -> task -> logits of that modality's own head (`aux_heads: true`)
+    aux_logits: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    # [B, modalities] booleans: which modalities each sample kept (None: no masking)
+    present: torch.Tensor | None = None
 
     def feature(self, name: str) -> torch.Tensor:
         """Resolve a feature reference: `fused`, `projection:<modality>`, `embedding:<modality>`,
@@ -103,6 +108,15 @@ class MultiModalNet(nn.Module):
         self.heads = NamedModules()
         for task in tasks:
             self.heads[task.name] = nn.Linear(self.fusion.out_dim, task.num_outputs)
+        self.normalize_projections = spec.normalize_projections
+        self.masking = spec.masking
+        self.aux_heads = NamedModules()
+        if spec.aux_heads:
+            for m in self.modalities:
+                heads = NamedModules()
+                for task in tasks:
+                    heads[task.name] = nn.Linear(spec.projection_dim, task.num_outputs)
+                self.aux_heads[m] = heads
         # Modalities whose encoder also returns its spatial feature map (attention transfer);
         # filled by the Objective from the terms it holds, empty otherwise (no extra work).
         self.want_feature_maps: set[str] = set()
@@ -116,14 +130,42 @@ class MultiModalNet(nn.Module):
             else:
                 embeddings[m] = self.encoders[m](inputs[m])
         projections = {m: self.projections[m](embeddings[m]) for m in self.modalities}
-        fused = self.fusion([projections[m] for m in self.modalities])
-        hidden = self.dropout(fused)
-        logits = {}
-        for task in self.tasks:
-            out = self.heads[task.name](hidden)
-            logits[task.name] = out.squeeze(-1) if task.type == "binary" else out
+        if self.normalize_projections:
+            projections = {m: F.normalize(p, dim=-1) for m, p in projections.items()}
+        present = self._present(next(iter(projections.values())))
+        fused = self.fusion([projections[m] for m in self.modalities], present)
+        logits = self._heads(self.heads, self.dropout(fused))
+        aux = {m: self._heads(self.aux_heads[m], projections[m]) for m in self.modalities if m in self.aux_heads}
         return ModelOutput(logits=logits, embeddings=embeddings, projections=projections, fused=fused,
-                           feature_maps=feature_maps)
+                           feature_maps=feature_maps, aux_logits=aux, present=present)
+
+    def _heads(self, heads: nn.ModuleDict, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        for task in self.tasks:
+            z = heads[task.name](hidden)
+            out[task.name] = z.squeeze(-1) if task.type == "binary" else z
+        return out
+
+    def _present(self, like: torch.Tensor) -> torch.Tensor | None:
+        """Which modalities each sample keeps; random masking only while training, and never
+        all of a sample's modalities (one is restored at random)."""
+        if self.masking is None:
+            return None
+        batch = like.shape[0]
+        present = torch.ones(batch, len(self.modalities), dtype=torch.bool, device=like.device)
+        if self.masking.complete in self.modalities:
+            present[:, self.modalities.index(self.masking.complete)] = False
+        if self.training and self.masking.random:
+            probs = torch.tensor([self.masking.random.get(m, 0.0) for m in self.modalities], device=like.device)
+            present &= torch.rand(batch, len(self.modalities), device=like.device) >= probs
+        empty = ~present.any(dim=1)
+        if empty.any():
+            allowed = torch.ones_like(present)
+            if self.masking.complete in self.modalities and len(self.modalities) > 1:
+                allowed[:, self.modalities.index(self.masking.complete)] = False
+            pick = torch.multinomial(allowed[empty].float(), 1).squeeze(1)
+            present[empty.nonzero().squeeze(1), pick] = True
+        return present
 
     def feature_dim(self, name: str) -> int:
         if name == "fused":
