@@ -302,6 +302,14 @@ class ObjectiveSpec(Strict):
 # --------------------------------------------------------------------------- training
 
 
+class BackboneGroup(Strict):
+    """Optimizer settings of the encoders (backbones) when they differ from the head's."""
+
+    lr: Optional[float] = Field(None, gt=0)
+    weight_decay: Optional[float] = Field(None, ge=0)
+    eta_min: Optional[float] = Field(None, ge=0)
+
+
 class StageTraining(Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -318,6 +326,11 @@ class StageTraining(Strict):
     limit_train_batches: Optional[int] = Field(None, ge=1, description="cap batches per epoch (smoke runs)")
     weighted_sampling: Optional[str] = Field(
         None, description="task name: draw train samples with probability inverse to their class frequency")
+    backbone: Optional[BackboneGroup] = Field(None, description="separate optimizer settings for the encoders")
+    freeze_backbone_epochs: int = Field(0, ge=0, description="encoders frozen for these first epochs (warm-up)")
+    unfreeze_layers: Optional[int] = Field(
+        None, ge=1, description="after the warm-up, train only the last N layer groups of each encoder (null: all)")
+    validation_interval: int = Field(1, ge=1, description="validate every N epochs")
 
 
 class TrainingSpec(Strict):

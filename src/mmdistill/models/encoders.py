@@ -51,6 +51,11 @@ class Encoder(nn.Module):
     def train(self, mode: bool = True) -> "Encoder":
         return super().train(mode and self.trainable)
 
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters from input to output in layer groups (stem, blocks, head), so a warm-up
+        can unfreeze "the last N layers" of any backbone; default: one group."""
+        return [list(self.parameters())]
+
     def feature_map_layout(self) -> str | None:
         """'NCHW' or 'NHWC' when `forward_with_map` can give a spatial map, else None."""
         return None
@@ -85,6 +90,18 @@ class ImageEncoder(Encoder):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(self._resize(images))
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """timm's own grouping (stem, each block, head) or TinyCNN's conv blocks."""
+        if hasattr(self.backbone, "group_matcher"):
+            from timm.models import group_parameters
+
+            named = dict(self.backbone.named_parameters())
+            groups = group_parameters(self.backbone, self.backbone.group_matcher(coarse=False))
+            return [[named[n] for n in names] for names in groups.values()]
+        if hasattr(self.backbone, "blocks"):
+            return [list(block.parameters()) for block in self.backbone.blocks]
+        return super().layer_groups()
 
     def feature_map_layout(self) -> str | None:
         return self._layout() if callable(self._layout) else self._layout
@@ -230,6 +247,16 @@ class TextEncoder(Encoder):
         self.pooling = spec.pooling
         self._memo: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.freeze_if_needed()
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Embeddings first, then each transformer layer (BERT's encoder.layer, DistilBERT's
+        transformer.layer: the first ModuleList of layers found)."""
+        layers = next((m for m in self.model.modules() if isinstance(m, nn.ModuleList) and len(m) > 1), None)
+        if layers is None:
+            return super().layer_groups()
+        in_layers = {id(p) for p in layers.parameters()}
+        rest = [p for p in self.model.parameters() if id(p) not in in_layers]
+        return [rest] + [list(layer.parameters()) for layer in layers]
 
     def _encode(self, texts: list[str]) -> torch.Tensor:
         device = next(self.model.parameters()).device

@@ -17,6 +17,7 @@ from mmdistill.config.schema import StageTraining
 from mmdistill.eval.metrics import evaluate
 from mmdistill.losses.objective import Objective
 from mmdistill.losses.terms import LossBatch
+from mmdistill.train.optim import build_optimizer
 from mmdistill.models.net import ModelOutput, MultiModalNet, TaskInfo
 
 
@@ -113,18 +114,4 @@ class StageModule(L.LightningModule):
 
     # --- optimisation
     def configure_optimizers(self) -> Any:
-        cfg = self.training_cfg
-        params = [p for p in list(self.model.parameters()) + list(self.objective.parameters()) if p.requires_grad]
-        if cfg.optimizer == "sgd":
-            opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        elif cfg.optimizer == "adam":
-            opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        else:
-            opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        if cfg.scheduler == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.eta_min)
-        elif cfg.scheduler == "step":
-            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
-        else:
-            return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return build_optimizer(self.model, self.objective, self.training_cfg)

@@ -21,6 +21,7 @@ from mmdistill.models.net import MultiModalNet
 from mmdistill.train.checkpoints import load_weights
 from mmdistill.train.module import OutputCollector, StageModule
 from mmdistill.train.recorder import EpochRecorder, MetricsLog
+from mmdistill.train.warmup import BackboneWarmup
 
 
 @dataclass
@@ -55,6 +56,7 @@ def make_trainer(config: ExperimentConfig, stage: StageTraining, callbacks: list
         enable_model_summary=False,
         enable_progress_bar=config.logging.progress_bar,
         num_sanity_val_steps=0,
+        check_val_every_n_epoch=stage.validation_interval,
         log_every_n_steps=config.logging.log_every_n_steps,
         gradient_clip_val=stage.grad_clip,
         **extra,
@@ -79,6 +81,8 @@ def train_stage(name: str, config: ExperimentConfig, stage: StageTraining, model
     module = StageModule(name, model, objective, stage, teacher)
     recorder = EpochRecorder(name, log, best_path)
     callbacks: list[L.Callback] = [recorder]
+    if stage.freeze_backbone_epochs or stage.unfreeze_layers:
+        callbacks.append(BackboneWarmup(stage.freeze_backbone_epochs, stage.unfreeze_layers))
     if stage.patience:
         callbacks.append(EarlyStopping(monitor="dev_score", mode="max", patience=stage.patience,
                                        check_on_train_epoch_end=False))

@@ -1,0 +1,82 @@
+"""Per-module optimizer settings, backbone warm-up, validation interval (seed 004)."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+
+from conftest import tiny_config, write_config
+from mmdistill.config import load_config
+from mmdistill.config.schema import ImageModality, ModelSpec, StageTraining
+from mmdistill.losses.objective import build_objective
+from mmdistill.models.net import MultiModalNet, TaskInfo
+from mmdistill.train.optim import build_optimizer
+from mmdistill.train.pipeline import run_experiment
+from mmdistill.train.warmup import BackboneWarmup
+
+TASKS = [TaskInfo("y", "multiclass", ("a", "b"))]
+MODS = {"image": ImageModality(kind="image", column="i", size=8)}
+
+
+def _net(encoder=None):
+    spec = ModelSpec.model_validate({"encoders": {"image": encoder or {"type": "tiny_cnn", "widths": [4, 8, 16]}},
+                                     "projection_dim": 8})
+    return MultiModalNet(spec, MODS, TASKS)
+
+
+def test_backbone_group_gets_its_own_lr_decay_and_eta_min():
+    net = _net()
+    cfg = StageTraining(epochs=10, lr=1e-2, eta_min=1e-3, weight_decay=0.1,
+                        backbone={"lr": 1e-4, "weight_decay": 0.0, "eta_min": 0.0})
+    out = build_optimizer(net, build_objective("task_only", None, TASKS, net, None), cfg)
+    opt, sched = out["optimizer"], out["lr_scheduler"]["scheduler"]
+    head, backbone = opt.param_groups
+    assert {id(p) for p in backbone["params"]} == {id(p) for p in net.encoders.parameters()}
+    assert (head["lr"], head["weight_decay"], backbone["lr"], backbone["weight_decay"]) == pytest.approx((1e-2, 0.1, 1e-4, 0.0))
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    half = lambda lo, hi: lo + (hi - lo) * (1 + math.cos(math.pi * 5 / 10)) / 2
+    assert head["lr"] == pytest.approx(half(1e-3, 1e-2)) and backbone["lr"] == pytest.approx(half(0.0, 1e-4))
+
+
+@pytest.mark.parametrize("encoder, groups", [({"type": "tiny_cnn", "widths": [4, 8, 16]}, 3),
+                                             ({"type": "timm", "name": "test_resnet"}, 5)])
+def test_layer_groups_cover_every_encoder_parameter(encoder, groups):
+    enc = _net(encoder).encoders["image"]
+    found = enc.layer_groups()
+    assert len(found) == groups
+    assert sorted(id(p) for g in found for p in g) == sorted(id(p) for p in enc.parameters())
+
+
+def test_warmup_freezes_then_unfreezes_the_last_layers():
+    net = _net()
+
+    class Stub:
+        model = net
+
+    class Trainer:
+        current_epoch = 0
+
+    warmup = BackboneWarmup(freeze_epochs=2, unfreeze_layers=1)
+    warmup.on_train_epoch_start(Trainer, Stub)
+    assert not any(p.requires_grad for p in net.encoders.parameters())
+    assert all(p.requires_grad for p in net.heads.parameters())
+    Trainer.current_epoch = 2
+    warmup.on_train_epoch_start(Trainer, Stub)
+    groups = net.encoders["image"].layer_groups()
+    assert all(p.requires_grad for p in groups[-1]) and not any(p.requires_grad for p in groups[0])
+
+
+def test_warmup_and_validation_interval_in_a_run(demo_root, tmp_path):
+    raw = tiny_config(demo_root, tmp_path / "runs")
+    raw["training"]["teacher"].update(epochs=4, freeze_backbone_epochs=2, validation_interval=2, patience=None)
+    raw["training"]["baseline"] = False
+    config = load_config(write_config(tmp_path / "c.yaml", raw))
+    torch.manual_seed(0)
+    run_experiment(config)
+    rows = [r for r in csv.DictReader((tmp_path / "runs" / "tiny" / "metrics.csv").open()) if r["stage"] == "teacher"]
+    assert [r["epoch"] for r in rows] == ["2", "4"]  # validated every second epoch
