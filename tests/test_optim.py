@@ -80,3 +80,27 @@ def test_warmup_and_validation_interval_in_a_run(demo_root, tmp_path):
     run_experiment(config)
     rows = [r for r in csv.DictReader((tmp_path / "runs" / "tiny" / "metrics.csv").open()) if r["stage"] == "teacher"]
     assert [r["epoch"] for r in rows] == ["2", "4"]  # validated every second epoch
+
+
+def test_periodic_checkpoints_keep_the_last_and_a_stage_resumes_from_one(demo_root, tmp_path):
+    raw = tiny_config(demo_root, tmp_path / "a")
+    raw["training"]["teacher"].update(epochs=3, save_every=1, keep_last=2, patience=None)
+    raw["training"]["student"]["epochs"] = 1
+    raw["training"]["baseline"] = False
+    run_experiment(load_config(write_config(tmp_path / "a.yaml", raw)))
+    kept = sorted(p.name for p in (tmp_path / "a" / "tiny" / "checkpoints" / "teacher_epochs").iterdir())
+    assert kept == ["epoch002.ckpt", "epoch003.ckpt"]
+
+    raw["output_dir"] = str(tmp_path / "b")
+    raw["training"]["teacher"].update(epochs=4, save_every=None,
+                                      resume_from=str(tmp_path / "a" / "tiny" / "checkpoints" / "teacher_epochs" / "epoch003.ckpt"))
+    run_experiment(load_config(write_config(tmp_path / "b.yaml", raw)))
+    rows = [r for r in csv.DictReader((tmp_path / "b" / "tiny" / "metrics.csv").open()) if r["stage"] == "teacher"]
+    assert [r["epoch"] for r in rows] == ["4"]  # epochs 1-3 came from the checkpoint
+
+
+def test_missing_resume_checkpoint_is_a_config_error(config_file):
+    from mmdistill.errors import UserError
+
+    with pytest.raises(UserError, match=r"training\.teacher\.resume_from: checkpoint not found"):
+        load_config(config_file, ["training.teacher.resume_from=nope.ckpt"])

@@ -32,6 +32,9 @@ def check_consistency(config: ExperimentConfig, source: str) -> None:
                 raise UserError(f"{source}: {role}.masking: {name!r} is not a modality the {role} reads "
                                 f"({', '.join(getattr(config, role).encoders)})")
     for stage in ("teacher", "student"):
+        resume = getattr(config.training, stage).resume_from
+        if resume is not None and not resume.is_file():
+            raise UserError(f"{source}: training.{stage}.resume_from: checkpoint not found: {resume}")
         task = getattr(config.training, stage).weighted_sampling
         if task is not None and task not in config.tasks:
             raise UserError(f"{source}: training.{stage}.weighted_sampling: no task {task!r} "

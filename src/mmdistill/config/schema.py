@@ -331,6 +331,9 @@ class StageTraining(Strict):
     unfreeze_layers: Optional[int] = Field(
         None, ge=1, description="after the warm-up, train only the last N layer groups of each encoder (null: all)")
     validation_interval: int = Field(1, ge=1, description="validate every N epochs")
+    save_every: Optional[int] = Field(None, ge=1, description="also keep a resumable checkpoint every N epochs")
+    keep_last: int = Field(3, ge=1, description="how many of those periodic checkpoints to keep")
+    resume_from: Optional[Path] = Field(None, description="a periodic checkpoint (.ckpt) to resume this stage from")
 
 
 class TrainingSpec(Strict):

@@ -111,6 +111,7 @@ class StageModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.dev_metrics = self._collector.metrics(self.model.tasks)
         self.log("dev_score", self.dev_metrics["score"], prog_bar=True)
+        self.log("epoch_index", float(self.current_epoch + 1))  # periodic checkpoints keep the latest
 
     # --- optimisation
     def configure_optimizers(self) -> Any:

@@ -23,6 +23,7 @@ from mmdistill.eval.plots import plot_confusion, plot_curves
 from mmdistill.io import write_json_atomic, write_text_atomic
 from mmdistill.losses.objective import Objective, build_objective
 from mmdistill.models.net import MultiModalNet
+from mmdistill.sweep.hashing import config_hash, teacher_hash
 from mmdistill.train.checkpoints import load_weights
 from mmdistill.train.recorder import MetricsLog
 from mmdistill.train.stage import StageResult, evaluate_only, train_stage
@@ -44,8 +45,8 @@ def check_models(config: ExperimentConfig, data: DataBundle) -> MultiModalNet:
     return teacher
 
 
-def prepare_run_dir(config: ExperimentConfig, overwrite: bool) -> Path:
-    run_dir = config.run_dir
+def prepare_run_dir(config: ExperimentConfig, overwrite: bool, run_dir: Path | None = None) -> Path:
+    run_dir = Path(run_dir) if run_dir is not None else config.run_dir
     if (run_dir / "results.json").exists() and not overwrite:
         raise UserError(f"{run_dir}: a finished run is already there; pass --overwrite to replace it "
                         "or choose another experiment_name/output_dir")
@@ -70,11 +71,14 @@ def _write_confusions(run_dir: Path, stage: str, result: StageResult, plots: boo
                            run_dir / "plots" / f"confusion_{stage}_{task}_test.png")
 
 
-def run_experiment(config: ExperimentConfig, overwrite: bool = False) -> dict[str, Any]:
+def run_experiment(config: ExperimentConfig, overwrite: bool = False, run_dir: Path | None = None,
+                   teacher_only: bool = False) -> dict[str, Any]:
+    """`run_dir` defaults to output_dir/experiment_name (a sweep passes .../<variant>/seed_<n>);
+    `teacher_only` stops after the teacher stage (a sweep's shared teacher)."""
     started = time.perf_counter()
     data = load_data(config)
     teacher = check_models(config, data)
-    run_dir = prepare_run_dir(config, overwrite)
+    run_dir = prepare_run_dir(config, overwrite, run_dir)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     (run_dir / "confusion").mkdir(exist_ok=True)
     (run_dir / "plots").mkdir(exist_ok=True)
@@ -102,17 +106,20 @@ def run_experiment(config: ExperimentConfig, overwrite: bool = False) -> dict[st
                                          log, run_dir / "checkpoints" / "teacher_best.safetensors")}
 
     # Stage 2: the KD student, and the same student trained without the teacher.
-    L.seed_everything(config.seed, workers=True, verbose=False)
-    student = build_model(config, "student", data)
-    objective = build_objective(config.objective.preset, config.objective.terms, data.tasks, student, teacher)
-    objective.set_dataset_size(len(data.datasets["train"]))
-    objective.set_class_counts(counts)
-    stages["student"] = train_stage("student", config, config.training.student, student, objective, data, log,
-                                    run_dir / "checkpoints" / "student_best.safetensors", teacher=teacher)
-    if config.training.baseline:
+    student = None
+    if not teacher_only:
+        L.seed_everything(config.seed, workers=True, verbose=False)
+        student = build_model(config, "student", data)
+        objective = build_objective(config.objective.preset, config.objective.terms, data.tasks, student, teacher)
+        objective.set_dataset_size(len(data.datasets["train"]))
+        objective.set_class_counts(counts)
+        stages["student"] = train_stage("student", config, config.training.student, student, objective, data, log,
+                                        run_dir / "checkpoints" / "student_best.safetensors", teacher=teacher)
+    if config.training.baseline and not teacher_only:
         L.seed_everything(config.seed, workers=True, verbose=False)
         baseline = build_model(config, "student", data)
-        stages["baseline"] = train_stage("baseline", config, config.training.student, baseline, supervised(baseline),
+        baseline_cfg = config.training.student.model_copy(update={"resume_from": None})  # that is the student's
+        stages["baseline"] = train_stage("baseline", config, baseline_cfg, baseline, supervised(baseline),
                                          data, log, run_dir / "checkpoints" / "baseline_best.safetensors")
 
     for name, result in stages.items():
@@ -121,11 +128,15 @@ def run_experiment(config: ExperimentConfig, overwrite: bool = False) -> dict[st
         _write_confusions(run_dir, name, result, config.logging.plots)
     timing["total"] = round(time.perf_counter() - started, 3)
     results["timing"] = timing
-    results["params"] = {"teacher": teacher.num_parameters(), "student": student.num_parameters()}
+    results["params"] = {"teacher": teacher.num_parameters()}
+    if student is not None:
+        results["params"]["student"] = student.num_parameters()
     results["tasks"] = {t.name: {"type": t.type, "classes": list(t.classes)} for t in data.tasks}
     results["samples"] = {split: len(ds) for split, ds in data.datasets.items()}
     if config.logging.plots and log.rows:
         plot_curves(log.rows, run_dir / "plots" / "curves.png")
+    # what a sweep compares to decide whether this run is finished (mmdistill/sweep/hashing.py)
+    results["config_hash"] = teacher_hash(config) if teacher_only else config_hash(config)
     write_json_atomic(run_dir / "results.json", results)
     return results
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from mmdistill.config.schema import ExperimentConfig, StageTraining
 from mmdistill.data.dataset import DataBundle
@@ -52,7 +52,7 @@ def make_trainer(config: ExperimentConfig, stage: StageTraining, callbacks: list
         deterministic=config.training.deterministic if cpu else False,
         callbacks=callbacks,
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=bool(stage.save_every),
         enable_model_summary=False,
         enable_progress_bar=config.logging.progress_bar,
         num_sanity_val_steps=0,
@@ -86,12 +86,17 @@ def train_stage(name: str, config: ExperimentConfig, stage: StageTraining, model
     if stage.patience:
         callbacks.append(EarlyStopping(monitor="dev_score", mode="max", patience=stage.patience,
                                        check_on_train_epoch_end=False))
+    if stage.save_every:
+        callbacks.append(ModelCheckpoint(dirpath=best_path.parent / f"{name}_epochs", filename="epoch{epoch_index:03.0f}",
+                                         auto_insert_metric_name=False, monitor="epoch_index", mode="max",
+                                         save_top_k=stage.keep_last, every_n_epochs=stage.save_every))
     trainer = make_trainer(config, stage, callbacks)
     workers = config.data.num_workers
     train_loader = data.loader("train", stage.batch_size, shuffle=True, seed=config.seed, num_workers=workers,
                                balance_task=stage.weighted_sampling)
     trainer.fit(module, train_loader,
-                data.loader("dev", stage.batch_size, shuffle=False, seed=config.seed, num_workers=workers))
+                data.loader("dev", stage.batch_size, shuffle=False, seed=config.seed, num_workers=workers),
+                ckpt_path=stage.resume_from, weights_only=True)
     model.cpu()
     load_weights(model, best_path, f"{name} best checkpoint")
     dev = evaluate_model(model, data, "dev", stage.batch_size)
