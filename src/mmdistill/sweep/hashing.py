@@ -1,0 +1,61 @@
+"""What makes two runs the same run, and two teachers the same teacher.
+
+`config_hash` covers everything in a resolved config that can change a run's results; it is
+stored in results.json, and a sweep treats a run as finished only when the stored hash equals
+the hash of the config it would run now. `teacher_key` covers what can change the teacher
+stage: everything except the parts known to act only on the student side, so a config field
+added later counts for the teacher until someone says otherwise (less sharing, never a wrong
+teacher shared).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+# Where a run is written and how it talks, not what it computes.
+NOT_RESULTS = ("sweep", "output_dir", "experiment_name", "logging")
+# Read only by the student and baseline stages (and what happens after them).
+STUDENT_ONLY = ("student", "objective.preset", "objective.terms", "training.student", "training.baseline", "compress")
+
+
+def _drop(tree: dict[str, Any], dotted: str) -> None:
+    *parents, last = dotted.split(".")
+    node: Any = tree
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(last, None)
+
+
+def _digest(tree: dict[str, Any]) -> str:
+    text = json.dumps(tree, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _tree(config: Any) -> dict[str, Any]:
+    tree = config.model_dump(mode="json") if hasattr(config, "model_dump") else json.loads(json.dumps(config))
+    for key in NOT_RESULTS + ("data.num_workers",):
+        _drop(tree, key)
+    return tree
+
+
+def config_hash(config: Any) -> str:
+    """Hash of a resolved ExperimentConfig (or its JSON dump) minus paths, names and logging."""
+    return _digest(_tree(config))
+
+
+def teacher_key(config: Any, with_seed: bool = False) -> str:
+    """Hash of the parts of a config that the teacher stage reads (data, tasks, teacher,
+    training.teacher, accelerator settings, objective.supervised, ...); the seed only when
+    `with_seed` (a sweep keeps one teacher directory per key and one seed folder inside it)."""
+    tree = _tree(config)
+    for key in STUDENT_ONLY + (() if with_seed else ("seed",)):
+        _drop(tree, key)
+    return _digest(tree)
+
+
+def teacher_hash(config: Any) -> str:
+    """What a teacher-only run stores as its `config_hash`."""
+    return teacher_key(config, with_seed=True)
