@@ -16,6 +16,7 @@ SMALL = {
     "medpix": {"sizes": {"train": 30, "dev": 12, "test": 12}},
     "wound": {"sizes": {"train": 36, "dev": 15, "test": 15}},
     "fire_smoke": {"n": 80},
+    "derm": {"n": 90},
 }
 
 

@@ -164,7 +164,31 @@ class MedPixSourceSpec(SourceBase):
     text_separator: str = " | "
 
 
-DataSpec = Annotated[Union[TableSourceSpec, MedPixSourceSpec], Field(discriminator="source")]
+class DermSourceSpec(SourceBase):
+    """Seed 004's harmonized dermatology metadata: one CSV (image path, label, source dataset,
+    optional text) filtered and split at random, plus text embeddings precomputed into a
+    parquet file keyed by image id. Each row offers `image`, `label`, `dataset`, `text` and
+    `text_embedding` (zeros where a case has no embedding: filter with `has_text: true`, or
+    let modality masking teach the model to cope)."""
+
+    source: Literal["derm"]
+    metadata: str = "metadata_all_harmonized.csv"
+    image_column: str = "image_path"
+    label_column: str = "label"
+    dataset_column: str = "dataset"
+    text_column: str = "text"
+    id_column: str = "image_id"
+    embeddings: Optional[str] = Field(None, description="parquet with `id_column` and an `embedding` list column")
+    datasets: Optional[list[str]] = Field(None, description="keep only these source datasets")
+    min_samples_per_label: int = Field(1, ge=1)
+    has_text: Optional[bool] = Field(None, description="true: only cases with text; false: only without; null: all")
+    data_fraction: Optional[float] = Field(None, gt=0, le=1)
+    test_size: float = Field(0.15, gt=0, lt=1)
+    val_size: float = Field(0.15, gt=0, lt=1)
+    split_seed: int = 42
+
+
+DataSpec = Annotated[Union[TableSourceSpec, MedPixSourceSpec, DermSourceSpec], Field(discriminator="source")]
 
 
 class TaskSpec(Strict):

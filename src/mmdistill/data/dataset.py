@@ -18,6 +18,7 @@ from mmdistill.config.schema import SPLITS, ExperimentConfig, ImageModality, Mod
 from mmdistill.data.augment import Augmenter
 from mmdistill.data.images import load_image
 from mmdistill.data.labels import discover_tasks, encode_labels
+from mmdistill.data.derm import read_derm
 from mmdistill.data.medpix import read_medpix
 from mmdistill.data.records import Record
 from mmdistill.data.rows import RawSplits, records_from_rows
@@ -29,6 +30,7 @@ from mmdistill.registry import Registry
 SOURCES: Registry[Callable[[Any], RawSplits]] = Registry("data source")
 SOURCES.register("table")(read_table)
 SOURCES.register("medpix")(read_medpix)
+SOURCES.register("derm")(read_derm)
 
 
 class MultiModalDataset(Dataset):

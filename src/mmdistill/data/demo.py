@@ -185,6 +185,40 @@ def write_medpix(root: Path, seed: int = 0, sizes: dict[str, int] | None = None)
     return {split: n for split, n in sizes.items()}
 
 
+DERM_LABELS = ["eczema", "melanoma", "psoriasis"]
+DERM_SOURCES = ["fitzpatrick17k", "ddi", "isic"]
+
+
+@DEMO_KINDS.register("derm")
+def write_derm(root: Path, seed: int = 0, n: int = 300, dim: int = 16) -> dict[str, int]:
+    """Seed 004's layout: `metadata_all_harmonized.csv` (image_id, image_path, label, dataset,
+    text) with images under `imgs/`, and `text_embeddings.parquet` (image_id, embedding), the
+    precomputed text embeddings. About a third of the cases have no text (and no embedding);
+    the condition shows in the image stripes and, more clearly, in the text embedding."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    (root / "imgs").mkdir(parents=True, exist_ok=True)
+    centers = rng.normal(0, 1, size=(len(DERM_LABELS), dim))
+    rows, embeddings = [], []
+    for i in range(n):
+        label = int(rng.integers(len(DERM_LABELS)))
+        image_id = f"derm_{i:05d}"
+        Image.fromarray(_image(rng, label, rng.random())).save(root / "imgs" / f"{image_id}.png")
+        has_text = rng.random() < 0.67
+        rows.append({"image_id": image_id, "image_path": f"imgs/{image_id}.png",
+                     "label": DERM_LABELS[_noisy(rng, label, 3, "train", 0.1)],
+                     "dataset": DERM_SOURCES[int(rng.integers(3))],
+                     "text": f"Lesion consistent with {DERM_LABELS[label]}." if has_text else ""})
+        if has_text:
+            embeddings.append({"image_id": image_id,
+                               "embedding": (centers[label] + rng.normal(0, 0.7, size=dim)).astype(np.float32).tolist()})
+    _write_csv(root / "metadata_all_harmonized.csv", rows)
+    pq.write_table(pa.Table.from_pylist(embeddings), root / "text_embeddings.parquet")
+    return {"cases": n, "with_text": len(embeddings)}
+
+
 def write_demo_data(kind: str, root: str | Path, seed: int = 0) -> dict[str, int]:
     root = Path(root)
     if root.exists() and not root.is_dir():
