@@ -71,6 +71,16 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compress(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mmdistill.compress import compress_run
+
+    compress_run(args.run_dir, args.overrides)
+    print(f"results: {Path(args.run_dir) / 'results.json'} (compressed), table: {Path(args.run_dir) / 'compress.md'}")
+    return 0
+
+
 def cmd_losses(args: argparse.Namespace) -> int:
     from mmdistill.losses.catalog import describe_presets, describe_terms
 
@@ -78,6 +88,19 @@ def cmd_losses(args: argparse.Namespace) -> int:
     print(describe_terms())
     print("\nPRESETS (objective.preset)\n")
     print(describe_presets())
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from mmdistill.sweep.runner import run_sweep
+
+    return run_sweep(args.config, args.overrides, dry_run=args.dry_run, report=not args.no_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mmdistill.sweep.report import make_report
+
+    make_report(args.dir, tsne=False if args.no_tsne else None)
     return 0
 
 
@@ -100,6 +123,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("dir", help="directory to write")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo_data)
+    compress = sub.add_parser("compress", help="prune, quantize (int8) and export (ONNX) a run's student; "
+                                               "score and time every result")
+    compress.add_argument("run_dir", help="a finished run directory (<output_dir>/<experiment_name>)")
+    compress.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="override the run's config, e.g. --set compress.sparsity=0.7 "
+                               "--set data.root=data/demo (repeatable)")
+    compress.set_defaults(func=cmd_compress)
+    sweep = sub.add_parser("sweep", help="run every variant of the config's sweep grid with every seed (resumable); "
+                                         "aggregate and report")
+    _add_config_args(sweep)
+    sweep.add_argument("--dry-run", action="store_true",
+                       help="validate every variant and print what would run (and the sbatch script for slurm)")
+    sweep.add_argument("--no-report", action="store_true", help="skip aggregation and report at the end")
+    sweep.set_defaults(func=cmd_sweep)
+    report = sub.add_parser("report", help="write report.md and report.html for a sweep or a run directory")
+    report.add_argument("dir", help="a sweep directory (<output_dir>/<experiment>) or one run directory")
+    report.add_argument("--no-tsne", action="store_true", help="skip the t-SNE of teacher and student embeddings")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SPLITS = ("train", "dev", "test")
 
@@ -376,6 +376,137 @@ class LoggingSpec(Strict):
     log_every_n_steps: int = Field(10, ge=1)
 
 
+COMPRESS_METHODS = ("prune_unstructured", "prune_structured", "int8_dynamic", "int8_static", "onnx")
+
+
+class CompressSpec(Strict):
+    """`mmdistill compress RUN_DIR`, or after the student stage of `run` when this block is
+    present: prune, quantize and export the student; every model is scored on test and timed
+    on CPU (see mmdistill/compress/)."""
+
+    methods: list[Literal["prune_unstructured", "prune_structured", "int8_dynamic", "int8_static", "onnx"]] = Field(
+        default_factory=lambda: list(COMPRESS_METHODS))
+    sparsity: float = Field(0.5, ge=0, lt=1, description="unstructured: fraction of conv/linear weights zeroed (global L1)")
+    channel_sparsity: float = Field(0.5, ge=0, lt=1, description="structured: fraction of output channels removed per conv")
+    finetune_epochs: int = Field(5, ge=0, description="distillation epochs from the run's teacher after pruning; 0 skips")
+    finetune_lr: Optional[float] = Field(None, gt=0, description="default: training.student.lr / 2")
+    calibration_samples: int = Field(256, ge=1, description="train samples for static int8 calibration")
+    threads: int = Field(1, ge=1, description="torch / onnxruntime intra-op threads while timing")
+    warmup: int = Field(10, ge=0, description="untimed runs before timing")
+    repeats: int = Field(50, ge=1, description="timed runs; latency and throughput are their median")
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+class SweepExecutorSpec(Strict):
+    """Where a sweep's runs execute (see mmdistill/sweep/executors.py). `local`: this machine,
+    `workers` runs at a time. `slurm`: one submitit array job per phase (shared teachers, then
+    the runs) with these resources; `cluster: debug` runs the same jobs in this process through
+    submitit's debug executor, to check them before submitting."""
+
+    type: str = "local"
+    workers: int = Field(1, ge=1, description="local: runs at a time (separate processes when > 1)")
+    cluster: Literal["slurm", "debug", "local"] = "slurm"
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    time: int = Field(60, ge=1, description="minutes per job, or SLURM's HH:MM:SS / D-HH:MM")
+    mem: Optional[str] = Field(None, description="memory per node with a unit, e.g. 32G")
+    cpus_per_task: Optional[int] = Field(None, ge=1)
+    gpus_per_task: Optional[int] = Field(None, ge=0)
+    gres: Optional[str] = Field(None, description="e.g. gpu:1 (what the seeds' scripts asked for)")
+    array_parallelism: int = Field(256, ge=1, description="array tasks running at once")
+    setup: list[str] = Field(default_factory=list, description="shell lines before the job: module load, venv, exports")
+    python: Optional[str] = Field(None, description="python command on the nodes (default: this interpreter)")
+    folder: Optional[str] = Field(None, description="submitit logs and pickles (default: <sweep dir>/_submitit)")
+    additional_parameters: dict[str, Any] = Field(default_factory=dict, description="any other #SBATCH flag")
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _minutes(cls, value: Any) -> Any:
+        """SLURM's formats: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS -> whole minutes."""
+        if not isinstance(value, str) or value.strip().isdigit():
+            return value
+        days, dash, clock = value.strip().partition("-")
+        if not dash:
+            days, clock = "0", value.strip()
+        parts = clock.split(":")
+        if not days.isdigit() or not all(p.isdigit() for p in parts) or not 1 <= len(parts) <= 3:
+            raise ValueError("give minutes or SLURM's time format, e.g. 120, 02:00:00 or 1-12:00")
+        numbers = [int(p) for p in parts]
+        if dash:  # D-HH[:MM[:SS]]
+            h, m, s = (numbers + [0, 0])[:3]
+        else:  # MM, MM:SS or HH:MM:SS
+            h, m, s = numbers if len(numbers) == 3 else [0, *(numbers + [0])[:2]]
+        return max(1, int(days) * 1440 + h * 60 + m + (s > 0))
+
+    @field_validator("mem")
+    @classmethod
+    def _mem_unit(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not (value[:-1].replace(".", "").isdigit() and value[-1].upper() in "KMGT"):
+            raise ValueError("give a size with a unit, e.g. 32G or 500M (a bare number means megabytes to SLURM)")
+        return value
+
+
+class TuneSpec(Strict):
+    """Which variant is best: `metric` is a dotted path into results.json, averaged over seeds."""
+
+    metric: str = "student.dev.score"
+    mode: Literal["min", "max"] = "max"
+
+
+class SweepSpec(Strict):
+    """`mmdistill sweep`: every combination of the `grid` values (dotted config keys -> lists),
+    each trained with every seed; ignored by `mmdistill run`."""
+
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    seeds: list[int] = Field(default_factory=lambda: [42, 123, 456], min_length=1)
+    executor: SweepExecutorSpec = Field(default_factory=SweepExecutorSpec)
+    tune: TuneSpec = Field(default_factory=TuneSpec)
+    share_teacher: bool = Field(True, description="train each distinct teacher once per seed and reuse it")
+    tsne: bool = Field(True, description="the report embeds a t-SNE of the best variant's teacher and student")
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _flatten(cls, value: Any) -> Any:
+        """`{objective: {preset: [...]}}` (what `--set sweep.grid.objective.preset=[...]` writes)
+        is the same as `{objective.preset: [...]}`; the later of two spellings wins."""
+        if not isinstance(value, dict):
+            return value
+        flat: dict[str, Any] = {}
+
+        def walk(prefix: str, node: Any) -> None:
+            if isinstance(node, dict) and node:
+                for k, v in node.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                flat.pop(prefix, None)
+                flat[prefix] = node
+
+        for key, node in value.items():
+            walk(str(key), node)
+        return flat
+
+    @field_validator("grid")
+    @classmethod
+    def _sweepable(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in grid.items():
+            if not values:
+                raise ValueError(f"{key}: give at least one value")
+            if key == "seed" or key.split(".")[0] in ("sweep", "experiment_name", "output_dir"):
+                raise ValueError(f"{key}: cannot be swept" + (" (list seeds in sweep.seeds)" if key == "seed" else ""))
+        return grid
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"each seed once (got {seeds})")
+        return seeds
+
+
 class ExperimentConfig(Strict):
     experiment_name: str
     seed: int = 42
@@ -387,6 +518,8 @@ class ExperimentConfig(Strict):
     objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     logging: LoggingSpec = Field(default_factory=LoggingSpec)
+    compress: Optional[CompressSpec] = Field(None, description="compress the student after training")
+    sweep: Optional[SweepSpec] = Field(None, description="`mmdistill sweep`: grid, seeds, executor, tune")
 
     @model_validator(mode="after")
     def _tasks_declared(self) -> "ExperimentConfig":

@@ -138,6 +138,10 @@ def run_experiment(config: ExperimentConfig, overwrite: bool = False, run_dir: P
     # what a sweep compares to decide whether this run is finished (mmdistill/sweep/hashing.py)
     results["config_hash"] = teacher_hash(config) if teacher_only else config_hash(config)
     write_json_atomic(run_dir / "results.json", results)
+    if config.compress is not None and "student" in results:  # prune / quantize / export the student
+        from mmdistill.compress import compress_run
+
+        results = compress_run(run_dir, config=config, data=data)
     return results
 
 

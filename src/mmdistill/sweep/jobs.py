@@ -1,0 +1,88 @@
+"""One job of a sweep, as it travels to whatever runs it (this process, a worker process, a
+SLURM node): plain data in, plain data out, so it pickles, and a failure comes back as an
+outcome with its error line instead of an exception that would stop the other jobs."""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from mmdistill.errors import UserError
+
+
+@dataclass
+class Job:
+    kind: str                       # "teacher" (a shared teacher, teacher stage only) or "run"
+    label: str                      # "teacher 1a2b3c4d seed 42", "preset-kd seed 42"
+    run_dir: str
+    config: dict[str, Any]          # the resolved config (ExperimentConfig.model_dump(mode="json"))
+    expected_hash: str              # what results.json must hold for this job to count as finished
+    variant: Optional[str] = None
+    seed: Optional[int] = None
+    teacher_dir: Optional[str] = None   # the shared teacher this run loads
+    dependents: list[str] = field(default_factory=list)  # teacher jobs: the runs that load it
+
+
+@dataclass
+class Outcome:
+    label: str
+    ok: bool
+    seconds: float
+    error: Optional[str] = None     # one line
+    summary: Optional[str] = None   # e.g. "test score 0.912"
+
+
+def error_line(exc: BaseException) -> str:
+    if isinstance(exc, UserError):
+        return str(exc)
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def is_finished(run_dir: str | Path, expected_hash: str) -> bool:
+    """Finished = results.json exists, parses, and holds the hash of the config we would run now."""
+    path = Path(run_dir) / "results.json"
+    try:
+        return json.loads(path.read_text()).get("config_hash") == expected_hash
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _summary(kind: str, results: dict[str, Any]) -> str:
+    role = "teacher" if kind == "teacher" else "student"
+    parts = [f"{role} dev {results[role]['dev']['score']:.4f} test {results[role]['test']['score']:.4f}"]
+    if "baseline" in results and kind != "teacher":
+        parts.append(f"baseline test {results['baseline']['test']['score']:.4f}")
+    return ", ".join(parts)
+
+
+def execute_job(job: Job) -> Outcome:
+    """Run one job; never raises for a failed run (KeyboardInterrupt still stops the sweep).
+    The traceback of a failure goes to <run_dir>/error.log; its last line is the outcome's."""
+    from mmdistill.cli import _quiet_libraries
+
+    _quiet_libraries()
+    start = time.perf_counter()
+    run_dir = Path(job.run_dir)
+    try:
+        from mmdistill.config.checks import check_consistency
+        from mmdistill.config.schema import ExperimentConfig
+        from mmdistill.train.pipeline import run_experiment
+
+        config = ExperimentConfig.model_validate(job.config)
+        check_consistency(config, job.label)
+        results = run_experiment(config, overwrite=True, run_dir=run_dir, teacher_only=job.kind == "teacher")
+        return Outcome(job.label, True, time.perf_counter() - start, summary=_summary(job.kind, results))
+    except Exception as exc:  # noqa: BLE001 - one failed run must not stop the others
+        line = error_line(exc)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "error.log").write_text(traceback.format_exc() + f"\n{line}\n")
+        except OSError:
+            pass
+        return Outcome(job.label, False, time.perf_counter() - start, error=line)
