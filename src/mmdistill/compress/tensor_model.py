@@ -1,0 +1,125 @@
+"""The student as a module from tensors to one logits tensor, which FX quantization and the
+ONNX exporter can take (MultiModalNet itself takes a dict and returns a dataclass).
+
+`TensorStudent(model)(*tensors)` returns [B, sum of task outputs]: the task logits side by side
+in `model.tasks` order (a binary task is one column). It computes exactly what
+`MultiModalNet.forward` computes in eval mode for the same inputs (dropout is the identity).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmdistill.config.schema import ExperimentConfig
+from mmdistill.models.encoders import ImageEncoder
+from mmdistill.models.net import MultiModalNet, TaskInfo
+
+TENSOR_KINDS = ("image", "stacked_image", "embedding")
+
+
+def non_tensor_modalities(config: ExperimentConfig) -> list[str]:
+    """Student modalities that are not tensors (text): such a student cannot be exported."""
+    kinds = {name: config.data.modalities[name].kind for name in config.student.encoders}
+    return [name for name, kind in kinds.items() if kind not in TENSOR_KINDS]
+
+
+class TensorStudent(nn.Module):
+    """(one tensor per student modality, in `model.modalities` order) -> [B, total outputs]."""
+
+    def __init__(self, model: MultiModalNet, input_sizes: dict[str, int] | None = None):
+        super().__init__()
+        self.model = model
+        self.names = list(model.modalities)
+        # ImageEncoder resizes with a shape test in Python; decided here once, so the traced
+        # graph has no data-dependent branch
+        self.resize: dict[str, int | None] = {}
+        for name in self.names:
+            enc = model.encoders[name]
+            size = getattr(enc, "input_size", None)
+            known = (input_sizes or {}).get(name)
+            self.resize[name] = size if size is not None and size != known else None
+
+    def _encode(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        enc = self.model.encoders[name]
+        if isinstance(enc, ImageEncoder):
+            size = self.resize[name]
+            if size is not None:
+                x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+            return enc.backbone(x)
+        return enc(x)
+
+    def logits(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        m = self.model
+        projections = [m.projections[name](self._encode(name, x)) for name, x in zip(self.names, inputs)]
+        fused = m.fusion(projections)
+        return torch.cat([m.heads[t.name](fused) for t in m.tasks], dim=-1)
+
+
+# FX traces neither *args nor optional inputs: one class per number of inputs.
+class _One(TensorStudent):
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        return self.logits((x0,))
+
+
+class _Two(TensorStudent):
+    def forward(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+        return self.logits((x0, x1))
+
+
+class _Three(TensorStudent):
+    def forward(self, x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        return self.logits((x0, x1, x2))
+
+
+def tensor_student(model: MultiModalNet, sizes: dict[str, int] | None = None) -> TensorStudent:
+    classes = {1: _One, 2: _Two, 3: _Three}
+    if len(model.modalities) not in classes:
+        raise ValueError(f"a student with {len(model.modalities)} modalities is not supported for export (1 to 3)")
+    return classes[len(model.modalities)](model, sizes).eval()
+
+
+def input_sizes(config: ExperimentConfig) -> dict[str, int]:
+    return {name: spec.size for name, spec in config.data.modalities.items() if hasattr(spec, "size")}
+
+
+def split_logits(tasks: list[TaskInfo], flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    """[B, total outputs] -> {task: logits} shaped as MultiModalNet returns them."""
+    out, start = {}, 0
+    for task in tasks:
+        part = flat[:, start:start + task.num_outputs]
+        out[task.name] = part.squeeze(-1) if task.type == "binary" else part
+        start += task.num_outputs
+    return out
+
+
+def flat_logits(tasks: list[TaskInfo], logits: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([logits[t.name].reshape(len(logits[t.name]), -1) for t in tasks], dim=-1)
+
+
+def tensors_of(batch_inputs: dict[str, Any], names: list[str]) -> tuple[torch.Tensor, ...]:
+    return tuple(batch_inputs[n] for n in names)
+
+
+def plain_batches(data, split: str, batch_size: int, limit: int | None = None) -> Iterator[dict[str, Any]]:
+    """Batches of `split` in file order, without train augmentation, up to `limit` samples."""
+    dataset = data.datasets[split]
+    augmenter = getattr(dataset, "augmenter", None)
+    dataset.augmenter = None
+    try:
+        seen = 0
+        for batch in data.loader(split, batch_size, shuffle=False, seed=0):
+            if limit is not None and seen >= limit:
+                break
+            if limit is not None and seen + len(batch["index"]) > limit:
+                keep = limit - seen
+                batch = {"index": batch["index"][:keep],
+                         "inputs": {k: v[:keep] for k, v in batch["inputs"].items()},
+                         "labels": {k: v[:keep] for k, v in batch["labels"].items()}}
+            seen += len(batch["index"])
+            yield batch
+    finally:
+        dataset.augmenter = augmenter
