@@ -61,6 +61,14 @@ class Term(nn.Module):
     needs_dataset_size: bool = False
     Params: type[TermParams] = TermParams
 
+    def __init__(self, params: TermParams | None = None, tasks: list[TaskInfo] | None = None,
+                 student: MultiModalNet | None = None, teacher: MultiModalNet | None = None):
+        """Every term is built as cls(params, tasks, student, teacher); terms that need only
+        their parameters and the task list inherit this."""
+        super().__init__()
+        self.params = params
+        self.tasks = tasks or []
+
     def features(self) -> list[tuple[str, str]]:
         """(role, feature reference) pairs this term reads; checked against the models."""
         return []
@@ -210,11 +218,6 @@ class AuxTaskLoss(Term):
     needs_aux_heads = True
     Params = AuxTaskParams
 
-    def __init__(self, params: AuxTaskParams, tasks: list[TaskInfo], student: MultiModalNet, teacher: MultiModalNet | None):
-        super().__init__()
-        self.params = params
-        self.tasks = tasks
-
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: LossBatch) -> torch.Tensor:
         losses = []
         for i, (modality, logits) in enumerate(student.aux_logits.items()):
@@ -251,11 +254,6 @@ class FocalLoss(Term):
 
     needs_teacher = False
     Params = FocalParams
-
-    def __init__(self, params: FocalParams, tasks: list[TaskInfo], student: MultiModalNet, teacher: MultiModalNet | None):
-        super().__init__()
-        self.params = params
-        self.tasks = tasks
 
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: LossBatch) -> torch.Tensor:
         gamma, alpha = self.params.gamma, self.params.alpha
