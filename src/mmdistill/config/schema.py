@@ -528,5 +528,10 @@ class ExperimentConfig(Strict):
         return self
 
     @property
+    def used_modalities(self) -> set[str]:
+        """The modalities some model reads; only these are loaded and checked."""
+        return set(self.teacher.encoders) | set(self.student.encoders)
+
+    @property
     def run_dir(self) -> Path:
         return self.output_dir / self.experiment_name

@@ -18,7 +18,7 @@ from mmdistill.errors import UserError
 
 def check_images(config: ExperimentConfig, data: DataBundle, progress: bool = True) -> int:
     image_modalities = [m for m, s in config.data.modalities.items() if s.kind in ("image", "stacked_image")
-                        and m in set(config.teacher.encoders) | set(config.student.encoders)]
+                        and m in config.used_modalities]
     todo = list(dict.fromkeys(
         (record.origin, path)
         for s in SPLITS for record in data.datasets[s].records for m in image_modalities

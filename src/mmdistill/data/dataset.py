@@ -42,6 +42,12 @@ class MultiModalDataset(Dataset):
         self.labels = encode_labels(records, tasks, split)
         self.augmenter = augmenter
         self._draws = [0] * len(records)
+        # per-modality constants, derived once instead of on every item
+        self._image_specs = {n: s for n, s in self.modalities.items() if s.kind in ("image", "stacked_image")}
+        self._rgb = {n for n, s in self._image_specs.items() if s.kind == "image" and s.channels == 3}
+        self._mean_std = {n: (torch.tensor(s.mean or [0.5] * s.total_channels).view(-1, 1, 1),
+                              torch.tensor(s.std or [0.5] * s.total_channels).view(-1, 1, 1))
+                          for n, s in self._image_specs.items()}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -57,24 +63,17 @@ class MultiModalDataset(Dataset):
                 raise UserError(f"{record.origin}: cannot read image {path}: {exc}") from None
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
-    @staticmethod
-    def _normalize(image: torch.Tensor, spec: ImageModality | StackedImageModality) -> torch.Tensor:
-        mean = torch.tensor(spec.mean or [0.5] * spec.total_channels).view(-1, 1, 1)
-        std = torch.tensor(spec.std or [0.5] * spec.total_channels).view(-1, 1, 1)
-        return (image - mean) / std
-
     def __getitem__(self, i: int) -> dict[str, Any]:
         record = self.records[i]
-        image_specs = {n: s for n, s in self.modalities.items() if s.kind in ("image", "stacked_image")}
-        images = {name: self._image(record, name, spec) for name, spec in image_specs.items()}
+        images = {name: self._image(record, name, spec) for name, spec in self._image_specs.items()}
         if self.augmenter is not None and images:
-            rgb = {n for n, s in image_specs.items() if s.kind == "image" and s.channels == 3}
-            images = self.augmenter(images, rgb, self.augmenter.generator(i, self._draws[i]))
+            images = self.augmenter(images, self._rgb, self.augmenter.generator(i, self._draws[i]))
             self._draws[i] += 1
         inputs: dict[str, Any] = {}
         for name, spec in self.modalities.items():
             if name in images:
-                inputs[name] = self._normalize(images[name], spec)
+                mean, std = self._mean_std[name]
+                inputs[name] = (images[name] - mean) / std
             elif spec.kind == "embedding":
                 inputs[name] = torch.from_numpy(record.values[name])
             else:
@@ -109,9 +108,8 @@ class DataBundle:
 
 def _embedding_dims(config: ExperimentConfig, records) -> dict[str, int]:
     dims: dict[str, int] = {}
-    used = set(config.teacher.encoders) | set(config.student.encoders)
     for name, spec in config.data.modalities.items():
-        if spec.kind != "embedding" or name not in used:
+        if spec.kind != "embedding" or name not in config.used_modalities:
             continue
         first = records.splits["train"][0]
         dims[name] = int(first.values[name].shape[0])
@@ -128,9 +126,8 @@ def load_data(config: ExperimentConfig) -> DataBundle:
     later (`mmdistill validate` decodes all of them up front)."""
     records = records_from_rows(config, SOURCES.get(config.data.source, "data.source")(config.data))
     tasks = discover_tasks(config.tasks, records.splits["train"])
-    used = set(config.teacher.encoders) | set(config.student.encoders)
     augment = Augmenter(config.data.augment, config.seed) if config.data.augment else None
-    datasets = {s: MultiModalDataset(records.splits[s], config.data.modalities, tasks, s, used,
+    datasets = {s: MultiModalDataset(records.splits[s], config.data.modalities, tasks, s, config.used_modalities,
                                      augment if s == "train" else None) for s in SPLITS}
     return DataBundle(tasks=tasks, datasets=datasets, files=records.files, embedding_dims=_embedding_dims(config, records))
 

@@ -66,8 +66,7 @@ def records_from_rows(config: ExperimentConfig, raw: RawSplits) -> SplitRecords:
     spec = config.data
     root = Path(spec.root)
     image_root = root / spec.image_root if spec.image_root else root
-    used = set(config.teacher.encoders) | set(config.student.encoders)
-    modalities = {name: m for name, m in spec.modalities.items() if name in used}
+    modalities = {name: m for name, m in spec.modalities.items() if name in config.used_modalities}
     task_columns = {task: (t.column or task) for task, t in config.tasks.items()}
     required = list(dict.fromkeys([c for m in modalities.values() for c in _columns_of(m)] + list(task_columns.values())))
     for path, header in raw.headers.items():
