@@ -52,6 +52,13 @@ def _copy(medpix_root, tmp_path) -> Path:
     return root
 
 
+def _edit_descriptions(root: Path, split: str, mutate) -> None:
+    path = root / "splitted_dataset" / f"descriptions_{split}.jsonl"
+    rows = [json.loads(l) for l in path.read_text().splitlines()]
+    mutate(rows)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def _error(root) -> str:
     with pytest.raises(UserError) as exc:
         _load(root)
@@ -69,10 +76,7 @@ def test_malformed_line_is_named(medpix_root, tmp_path):
 
 def test_image_without_case_is_named(medpix_root, tmp_path):
     root = _copy(medpix_root, tmp_path)
-    path = root / "splitted_dataset" / "descriptions_test.jsonl"
-    rows = [json.loads(l) for l in path.read_text().splitlines()]
-    rows[1]["U_id"] = "MPX0"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _edit_descriptions(root, "test", lambda rows: rows[1].update(U_id="MPX0"))
     msg = _error(root)
     assert "descriptions_test.jsonl line 2" in msg and "'MPX0' has no case" in msg
 
@@ -87,9 +91,6 @@ def test_missing_image_is_named(medpix_root, tmp_path):
 
 def test_unseen_location_in_test_is_named(medpix_root, tmp_path):
     root = _copy(medpix_root, tmp_path)
-    path = root / "splitted_dataset" / "descriptions_test.jsonl"
-    rows = [json.loads(l) for l in path.read_text().splitlines()]
-    rows[0]["Location Category"] = "Knee"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _edit_descriptions(root, "test", lambda rows: rows[0].update({"Location Category": "Knee"}))
     msg = _error(root)
     assert "descriptions_test.jsonl line 1" in msg and "'Knee'" in msg
