@@ -147,11 +147,12 @@ def test_augmentation_is_shared_across_image_modalities_reproducible_and_train_o
     raw["data"]["augment"] = {"rotation_degrees": 30, "horizontal_flip_prob": 0.5, "brightness": 0.4, "translate": [0.1, 0.1]}
     config = ExperimentConfig.model_validate(raw)
     data = load_data(config)
-    first = data.datasets["train"][5]["inputs"]
-    assert torch.equal(first["image"], first["copy"])  # one draw per sample, applied alike
-    second = data.datasets["train"][5]["inputs"]["image"]
-    assert not torch.equal(first["image"], second)  # a new view each time the sample is read
-    again = load_data(config).datasets["train"][5]["inputs"]["image"]
+    first = data.datasets["train"][(5, 0)]["inputs"]
+    assert torch.equal(first["image"], first["copy"])  # one draw per (sample, view), applied alike
+    assert torch.equal(data.datasets["train"][5]["inputs"]["image"], first["image"])  # a plain index is view 0
+    second = data.datasets["train"][(5, 1)]["inputs"]["image"]
+    assert not torch.equal(first["image"], second)  # another view is another draw
+    again = load_data(config).datasets["train"][(5, 0)]["inputs"]["image"]
     assert torch.equal(again, first["image"])  # same seed, same views
     plain = ExperimentConfig.model_validate({**raw, "data": {**raw["data"], "augment": None}})
     assert torch.equal(load_data(plain).datasets["dev"][2]["inputs"]["image"], data.datasets["dev"][2]["inputs"]["image"])

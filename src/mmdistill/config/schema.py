@@ -7,10 +7,11 @@ pick for a first CPU run; recipes override them.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 SPLITS = ("train", "dev", "test")
 
@@ -24,6 +25,32 @@ class Strict(BaseModel):
 
 # --------------------------------------------------------------------------- data
 
+# Per-channel normalisation of an image modality: numbers (one per channel), "dataset" (computed
+# over the train split, seed 004's compute_stats), "imagenet", or null (0.5 / 0.5).
+# mmdistill/data/stats.py turns the words into numbers when the data is loaded.
+ImageStat = Optional[Union[list[float], Literal["dataset", "imagenet"]]]
+IMAGE_STAT_HELP = ("per-channel list, `dataset` (computed over the train split), `imagenet`, or null for 0.5; "
+                   "mean and std must be the same kind")
+
+
+def _check_image_stat(value: Any, info: ValidationInfo) -> Any:
+    """`std` is given the same way as `mean` (checked on `std`, which is validated even when
+    omitted, so `mean: dataset` alone is an error too); a list needs one number per channel;
+    a std must be positive, since images are divided by it. Each error names its own key."""
+    kind = lambda v: "null" if v is None else "a list" if isinstance(v, list) else repr(v)
+    if info.field_name == "std" and "mean" in info.data and kind(info.data["mean"]) != kind(value):
+        raise ValueError(f"give `mean` and `std` the same way (both lists, both 'dataset', both 'imagenet' or both "
+                         f"null), got mean {kind(info.data['mean'])} and std {kind(value)}")
+    if not isinstance(value, list) or "channels" not in info.data:
+        return value
+    channels = info.data["channels"]
+    total = channels if isinstance(channels, int) else sum(channels)
+    if len(value) != total:
+        raise ValueError(f"`{info.field_name}` needs one value per channel ({total}), got {len(value)}")
+    if info.field_name == "std" and min(value) <= 0:
+        raise ValueError(f"`std` values must be positive (images are divided by them), got {value}")
+    return value
+
 
 class ImageModality(Strict):
     """An image path column; the image is decoded to `channels` and resized to `size`."""
@@ -32,8 +59,13 @@ class ImageModality(Strict):
     column: str
     channels: Literal[1, 3, 4] = 3
     size: int = Field(224, gt=0, description="decode resolution; each encoder may resize again")
-    mean: Optional[list[float]] = None
-    std: Optional[list[float]] = None
+    mean: ImageStat = Field(None, description=IMAGE_STAT_HELP)
+    std: ImageStat = Field(None, description=IMAGE_STAT_HELP, validate_default=True)
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _stat_per_channel(cls, value: Any, info: ValidationInfo) -> Any:
+        return _check_image_stat(value, info)
 
     @property
     def total_channels(self) -> int:
@@ -52,8 +84,13 @@ class StackedImageModality(Strict):
     columns: list[str] = Field(min_length=2)
     channels: list[Literal[1, 3, 4]]
     size: int = Field(224, gt=0)
-    mean: Optional[list[float]] = None
-    std: Optional[list[float]] = None
+    mean: ImageStat = Field(None, description=IMAGE_STAT_HELP)
+    std: ImageStat = Field(None, description=IMAGE_STAT_HELP, validate_default=True)
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _stat_per_channel(cls, value: Any, info: ValidationInfo) -> Any:
+        return _check_image_stat(value, info)
 
     @model_validator(mode="after")
     def _one_channel_count_per_column(self) -> "StackedImageModality":
@@ -98,19 +135,29 @@ class AugmentSpec(Strict):
     grayscale_prob: float = Field(0.0, ge=0, le=1)
 
 
+def default_data_root() -> Path:
+    """Seed 003's rule: the DATA_ROOT environment variable, else ./data."""
+    return Path(os.environ.get("DATA_ROOT") or "data")
+
+
 class SourceBase(Strict):
     """What every data source shares: where the data is and which columns are modalities."""
 
-    root: Path = Path("data")
+    root: Path = Field(default_factory=default_data_root, description="default: $DATA_ROOT, else ./data")
     image_root: Optional[str] = Field(None, description="folder image paths are relative to (default: root)")
     modalities: dict[str, ModalitySpec]
     num_workers: int = Field(0, ge=0)
     augment: Optional[AugmentSpec] = Field(None, description="applied to the train split only")
+    views: int = Field(1, ge=1, description="augmented views per train sample that the KD student cycles through "
+                                             "(one per sample per epoch); the teacher's outputs are cached per view")
 
     @model_validator(mode="after")
     def _has_modalities(self) -> "SourceBase":
         if not self.modalities:
             raise ValueError("declare at least one modality")
+        if self.views > 1 and self.augment is None:
+            raise ValueError(f"views: {self.views} views without `augment` would all be the same image; "
+                             "set data.augment or views: 1")
         return self
 
 
@@ -188,7 +235,33 @@ class DermSourceSpec(SourceBase):
     split_seed: int = 42
 
 
-DataSpec = Annotated[Union[TableSourceSpec, MedPixSourceSpec, DermSourceSpec], Field(discriminator="source")]
+class EmbeddingsSourceSpec(SourceBase):
+    """Seed 003's layout: `<root>/{train,val,test}_embeddings/` (val is our dev split), each with
+    `samples.csv` (an image path relative to `image_root` and the label columns) and
+    `embeddings.npy`, the teacher's embeddings as float [samples, views, embedding_dim] in
+    samples.csv order (`mmdistill extract` writes it; train has `num_views` augmented views,
+    dev and test one plain view). The KD student reads the teacher from these files."""
+
+    source: Literal["embeddings"]
+    samples_file: str = "samples.csv"
+    embeddings_file: str = "embeddings.npy"
+    num_views: int = Field(1, ge=1, description="views per train sample in the teacher embeddings")
+    embedding_dim: Optional[int] = Field(None, gt=0, description="checked against the files when given")
+
+    @model_validator(mode="after")
+    def _views_match(self) -> "EmbeddingsSourceSpec":
+        if "views" in self.model_fields_set and self.views != self.num_views:
+            raise ValueError(f"views: {self.views} differs from num_views: {self.num_views}; the student cycles "
+                             "through the views the teacher embeddings were extracted for (leave views out)")
+        if self.num_views > 1 and self.augment is None:
+            raise ValueError(f"num_views: {self.num_views} views need `augment` (the teacher's views are "
+                             "augmentations drawn per (seed, sample, view))")
+        self.views = self.num_views
+        return self
+
+
+DataSpec = Annotated[Union[TableSourceSpec, MedPixSourceSpec, DermSourceSpec, EmbeddingsSourceSpec],
+                     Field(discriminator="source")]
 
 
 class TaskSpec(Strict):
@@ -277,6 +350,8 @@ class ModelSpec(Strict):
     masking: Optional[MaskingSpec] = None
     aux_heads: bool = Field(False, description="one head per modality and task too, for the aux_task loss term")
     checkpoint: Optional[Path] = Field(None, description="load these weights (safetensors) instead of training")
+    probe_heads: bool = Field(False, description="task heads read a detached fused vector: an online linear probe "
+                                                 "that scores the representation without shaping it (feature KD)")
 
     @model_validator(mode="after")
     def _has_encoders(self) -> "ModelSpec":
@@ -507,6 +582,18 @@ class SweepSpec(Strict):
         return seeds
 
 
+class CacheSpec(Strict):
+    """On-disk caches that make epochs after the first cheap; they change how fast a run goes,
+    not what it computes (float32 teacher outputs are exact; float16 rounds them)."""
+
+    dir: Optional[Path] = Field(None, description="where caches live (default: <output_dir>/cache), shared by "
+                                                  "every run and sweep variant that points at it")
+    images: bool = Field(True, description="decode and resize each image once per resolution into a uint8 array")
+    teacher: bool = Field(True, description="compute the frozen teacher's outputs once per (sample, view) "
+                                            "before the KD student stage; false runs the teacher every step")
+    teacher_dtype: Literal["float16", "float32"] = "float16"
+
+
 class ExperimentConfig(Strict):
     experiment_name: str
     seed: int = 42
@@ -519,6 +606,7 @@ class ExperimentConfig(Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     logging: LoggingSpec = Field(default_factory=LoggingSpec)
     compress: Optional[CompressSpec] = Field(None, description="compress the student after training")
+    cache: CacheSpec = Field(default_factory=CacheSpec)
     sweep: Optional[SweepSpec] = Field(None, description="`mmdistill sweep`: grid, seeds, executor, tune")
 
     @model_validator(mode="after")
@@ -535,3 +623,7 @@ class ExperimentConfig(Strict):
     @property
     def run_dir(self) -> Path:
         return self.output_dir / self.experiment_name
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.cache.dir if self.cache.dir is not None else self.output_dir / "cache"

@@ -4,8 +4,9 @@ flips, grayscale), drawn once per sample and applied alike to every image modali
 One draw per sample matters for multimodal data: an RGB frame and its infrared twin must be
 rotated and flipped together, and teacher and student must see the same view. Photometric
 changes touch only 3-channel images (jittering an IR or CT channel's "hue" means nothing).
-Draws come from a generator seeded by (seed, sample index, how often the sample was read),
-so a run is reproducible with the same seed.
+Draws come from a generator seeded by (seed, sample index, view index) (`data/views.py`), so
+a view is the same image in every epoch, process and model, which is what lets the teacher's
+outputs be cached per view.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ class Augmenter:
         self.spec = spec
         self.seed = seed
 
-    def generator(self, index: int, draw: int) -> torch.Generator:
-        return torch.Generator().manual_seed(hash((self.seed, index, draw)) & 0x7FFF_FFFF_FFFF_FFFF)
+    def generator(self, index: int, view: int) -> torch.Generator:
+        return torch.Generator().manual_seed(hash((self.seed, index, view)) & 0x7FFF_FFFF_FFFF_FFFF)
 
     def __call__(self, images: dict[str, torch.Tensor], rgb: set[str], gen: torch.Generator) -> dict[str, torch.Tensor]:
         s = self.spec

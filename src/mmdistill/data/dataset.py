@@ -7,22 +7,26 @@ Images are decoded lazily, once per access, at the modality's configured size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler, WeightedRandomSampler
 
 from mmdistill.config.schema import SPLITS, ExperimentConfig, ImageModality, ModalitySpec, StackedImageModality
 from mmdistill.data.augment import Augmenter
 from mmdistill.data.images import load_image
 from mmdistill.data.labels import discover_tasks, encode_labels
 from mmdistill.data.derm import read_derm
+from mmdistill.data.embeddings import read_embeddings_source
 from mmdistill.data.medpix import read_medpix
 from mmdistill.data.records import Record
 from mmdistill.data.rows import RawSplits, records_from_rows
+from mmdistill.data.stats import resolve_image_stats
 from mmdistill.data.table import read_table
+from mmdistill.data.views import ViewSampler
 from mmdistill.errors import UserError
 from mmdistill.models.net import TaskInfo
 from mmdistill.registry import Registry
@@ -31,6 +35,7 @@ SOURCES: Registry[Callable[[Any], RawSplits]] = Registry("data source")
 SOURCES.register("table")(read_table)
 SOURCES.register("medpix")(read_medpix)
 SOURCES.register("derm")(read_derm)
+SOURCES.register("embeddings")(read_embeddings_source)
 
 
 class MultiModalDataset(Dataset):
@@ -41,18 +46,30 @@ class MultiModalDataset(Dataset):
         self.tasks = tasks
         self.labels = encode_labels(records, tasks, split)
         self.augmenter = augmenter
-        self._draws = [0] * len(records)
         # per-modality constants, derived once instead of on every item
         self._image_specs = {n: s for n, s in self.modalities.items() if s.kind in ("image", "stacked_image")}
         self._rgb = {n for n, s in self._image_specs.items() if s.kind == "image" and s.channels == 3}
         self._mean_std = {n: (torch.tensor(s.mean or [0.5] * s.total_channels).view(-1, 1, 1),
                               torch.tensor(s.std or [0.5] * s.total_channels).view(-1, 1, 1))
                           for n, s in self._image_specs.items()}
+        # modality -> decoded-image cache (data/image_cache.py); modalities not in it read the files
+        self._image_caches: dict[str, Any] = {}
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def _image(self, record: Record, name: str, spec: ImageModality | StackedImageModality) -> torch.Tensor:
+    def attach_image_cache(self, name: str, cache: Any) -> None:
+        """Read modality `name` from `cache` (anything with `.image(index) -> [C, S, S] float`).
+        The dict is replaced, not updated: views made by `select` share it with this dataset."""
+        self._image_caches = {**self._image_caches, name: cache}
+
+    def _image(self, record: Record, name: str, spec: ImageModality | StackedImageModality,
+               index: int | None = None) -> torch.Tensor:
+        """Sample `index`'s image from the decoded-image cache when one is attached, else decoded
+        from the record's file(s) (`index` None: always from the files, as the cache build does)."""
+        cache = self._image_caches.get(name)
+        if cache is not None and index is not None:
+            return cache.image(index)
         paths = record.values[name] if spec.kind == "stacked_image" else (record.values[name],)
         channels = spec.channels if spec.kind == "stacked_image" else [spec.channels]
         parts = []
@@ -63,12 +80,23 @@ class MultiModalDataset(Dataset):
                 raise UserError(f"{record.origin}: cannot read image {path}: {exc}") from None
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def select(self, modalities: set[str]) -> "MultiModalDataset":
+        """The same samples reading only `modalities` (a student stage whose teacher outputs
+        come from the cache need not decode the teacher's high-resolution images)."""
+        view = copy.copy(self)
+        view.modalities = {k: v for k, v in self.modalities.items() if k in modalities}
+        view._image_specs = {k: v for k, v in self._image_specs.items() if k in modalities}
+        view._image_caches = {k: v for k, v in self._image_caches.items() if k in modalities}
+        return view
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """`key` is an index, or (index, view) from a ViewSampler: the view seeds the
+        augmentation, so the same (index, view) is the same image for every model and epoch."""
+        i, view = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), 0)
         record = self.records[i]
-        images = {name: self._image(record, name, spec) for name, spec in self._image_specs.items()}
+        images = {name: self._image(record, name, spec, i) for name, spec in self._image_specs.items()}
         if self.augmenter is not None and images:
-            images = self.augmenter(images, self._rgb, self.augmenter.generator(i, self._draws[i]))
-            self._draws[i] += 1
+            images = self.augmenter(images, self._rgb, self.augmenter.generator(i, view))
         inputs: dict[str, Any] = {}
         for name, spec in self.modalities.items():
             if name in images:
@@ -80,7 +108,7 @@ class MultiModalDataset(Dataset):
                 inputs[name] = record.values[name]
         labels = {t.name: torch.tensor(self.labels[t.name][i], dtype=torch.float32 if t.type == "binary" else torch.long)
                   for t in self.tasks}
-        return {"index": i, "inputs": inputs, "labels": labels}
+        return {"index": i, "view": view, "inputs": inputs, "labels": labels}
 
 
 @dataclass
@@ -89,21 +117,35 @@ class DataBundle:
     datasets: dict[str, MultiModalDataset]
     files: dict[str, str]
     embedding_dims: dict[str, int]
+    # the data's modalities with image mean/std resolved to numbers (data/stats.py): what the
+    # datasets normalise with, and what a run records
+    modalities: dict[str, ModalitySpec] = field(default_factory=dict)
 
     def loader(self, split: str, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
-               balance_task: str | None = None) -> DataLoader:
+               balance_task: str | None = None, views: int | None = 1,
+               modalities: set[str] | None = None, augment: bool = True) -> DataLoader:
         """`balance_task`: sample with replacement, each sample weighted by 1 / (count of its
-        class in that task), so every class is drawn equally often (seed 004's weighted sampling)."""
+        class in that task), so every class is drawn equally often (seed 004's weighted sampling).
+        `views`: how many augmented views each sample has (the KD student's `data.views`, so
+        its teacher's outputs can be cached per view); None draws a fresh view every epoch
+        (the teacher stage). `modalities`: read only these (default: all the dataset has).
+        `augment=False`: the plain images even of the train split (embeddings for probes)."""
+        dataset = self.datasets[split].select(modalities if modalities is not None else set(self.datasets[split].modalities))
+        if not augment:
+            dataset.augmenter = None
         generator = torch.Generator().manual_seed(seed)
-        sampler = None
         if balance_task is not None:
-            labels = np.asarray(self.datasets[split].labels[balance_task])
+            labels = np.asarray(dataset.labels[balance_task])
             weights = 1.0 / np.bincount(labels)[labels]
-            sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(labels), replacement=True,
-                                            generator=generator)
-            shuffle = False
-        return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle, sampler=sampler,
-                          generator=generator, num_workers=num_workers, persistent_workers=num_workers > 0)
+            base: Sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(labels),
+                                                  replacement=True, generator=generator)
+        elif shuffle:
+            base = RandomSampler(dataset, generator=generator)
+        else:
+            base = SequentialSampler(dataset)
+        sampler = ViewSampler(base, seed, views) if dataset.augmenter is not None else base
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, generator=generator,
+                          persistent_workers=num_workers > 0)
 
 
 def _embedding_dims(config: ExperimentConfig, records) -> dict[str, int]:
@@ -127,9 +169,12 @@ def load_data(config: ExperimentConfig) -> DataBundle:
     records = records_from_rows(config, SOURCES.get(config.data.source, "data.source")(config.data))
     tasks = discover_tasks(config.tasks, records.splits["train"])
     augment = Augmenter(config.data.augment, config.seed) if config.data.augment else None
-    datasets = {s: MultiModalDataset(records.splits[s], config.data.modalities, tasks, s, config.used_modalities,
+    modalities = resolve_image_stats(config.data.modalities, records.splits["train"], config.used_modalities,
+                                     progress=config.logging.progress_bar, num_workers=config.data.num_workers)
+    datasets = {s: MultiModalDataset(records.splits[s], modalities, tasks, s, config.used_modalities,
                                      augment if s == "train" else None) for s in SPLITS}
-    return DataBundle(tasks=tasks, datasets=datasets, files=records.files, embedding_dims=_embedding_dims(config, records))
+    return DataBundle(tasks=tasks, datasets=datasets, files=records.files, embedding_dims=_embedding_dims(config, records),
+                      modalities=modalities)
 
 
 def class_counts(dataset: MultiModalDataset) -> dict[str, dict[str, int]]:

@@ -15,9 +15,10 @@ import json
 from typing import Any
 
 # Where a run is written and how it talks, not what it computes.
-NOT_RESULTS = ("sweep", "output_dir", "experiment_name", "logging")
+NOT_RESULTS = ("sweep", "output_dir", "experiment_name", "logging", "cache.dir")
 # Read only by the student and baseline stages (and what happens after them).
-STUDENT_ONLY = ("student", "objective.preset", "objective.terms", "training.student", "training.baseline", "compress")
+STUDENT_ONLY = ("student", "objective.preset", "objective.terms", "training.student", "training.baseline", "compress",
+                "data.views", "cache.teacher", "cache.teacher_dtype")
 
 
 def _drop(tree: dict[str, Any], dotted: str) -> None:

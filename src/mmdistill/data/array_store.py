@@ -1,0 +1,168 @@
+"""A directory of raw row-major arrays on disk: what the decoded-image and teacher-output caches
+are made of.
+
+Each array is a plain `<name>.bin` file of `rows x item_shape` values (so `np.memmap(path,
+dtype, shape=...)` opens it for inspection), described by `store.json`. A store is built in
+a temporary sibling directory and renamed into place only when every array is complete, and
+`store.json` carries the expected byte size of every file, so a crash mid-build, a disk that
+filled up or a file truncated later is never read: `ArrayStore.open` returns None and the
+caller rebuilds.
+
+Rows are read with `os.pread` rather than through an mmap. Pages of a mapped file count in a
+process's RSS once touched, so a training process reading a cache through a mapping grows by
+the whole cache size over an epoch; reading by offset keeps it flat however large the cache is
+(the file is still served from the OS page cache, which is what makes a second epoch fast).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+STORE_FILE = "store.json"
+
+
+class ArrayStore:
+    """Read side: rows of named arrays by index. Safe to use from DataLoader workers (each
+    process opens its own file descriptors)."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]):
+        self.path = Path(path)
+        self.meta = meta
+        self.arrays: dict[str, dict[str, Any]] = meta["arrays"]
+        self._fds: dict[str, int] = {}
+        self._pid = -1
+
+    @classmethod
+    def open(cls, path: str | Path, key: str | None = None) -> "ArrayStore | None":
+        """The store at `path` if it is complete, has key `key` and no file is short or long;
+        otherwise None (a stale store is left for the caller to replace)."""
+        path = Path(path)
+        try:
+            meta = json.loads((path / STORE_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        if key is not None and meta.get("key") != key:
+            return None
+        for name, info in meta.get("arrays", {}).items():
+            expected = int(np.prod(info["shape"], dtype=np.int64)) * np.dtype(info["dtype"]).itemsize
+            try:
+                if (path / f"{name}.bin").stat().st_size != expected:
+                    return None
+            except OSError:
+                return None
+        return cls(path, meta)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.arrays[name]["shape"])
+
+    def _fd(self, name: str) -> int:
+        if self._pid != os.getpid():  # forked into a worker: the parent's descriptors are shared offsets
+            self._fds, self._pid = {}, os.getpid()
+        if name not in self._fds:
+            self._fds[name] = os.open(self.path / f"{name}.bin", os.O_RDONLY)
+        return self._fds[name]
+
+    def read(self, name: str, rows: np.ndarray | list[int] | int) -> np.ndarray:
+        """Rows `rows` of array `name`, as a fresh array of shape [len(rows), *item_shape]
+        (or item_shape for an int)."""
+        info = self.arrays[name]
+        dtype, item_shape = np.dtype(info["dtype"]), tuple(info["shape"][1:])
+        row_bytes = int(np.prod(item_shape, dtype=np.int64)) * dtype.itemsize
+        single = np.isscalar(rows)
+        rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
+        if rows.size and (rows.min() < 0 or rows.max() >= info["shape"][0]):
+            raise IndexError(f"{self.path / name}: row out of range 0..{info['shape'][0] - 1}")
+        out = np.empty((len(rows), *item_shape), dtype=dtype)
+        buffer = out.reshape(len(rows), row_bytes // dtype.itemsize).view(np.uint8)  # not -1: zero rows is fine
+        fd = self._fd(name)
+        for j, row in enumerate(rows):
+            got = os.preadv(fd, [buffer[j]], int(row) * row_bytes)
+            if got != row_bytes:
+                raise OSError(f"{self.path / name}.bin: short read at row {row} (file changed on disk?)")
+        return out[0] if single else out
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # descriptors do not travel to spawned workers
+        return {**self.__dict__, "_fds": {}, "_pid": -1}
+
+
+class StoreWriter:
+    """Write side: declare arrays, append their rows in order, and `commit()`; nothing is
+    visible at the final path until every array has all its rows.
+
+        with StoreWriter(path, key="...") as w:
+            w.declare("logits", (n, 3), np.float16)
+            w.append("logits", chunk)
+    """
+
+    def __init__(self, path: str | Path, key: str, info: dict[str, Any] | None = None):
+        self.path = Path(path)
+        self.key = key
+        self.info = info or {}
+        self.tmp = self.path.parent / f".{self.path.name}.tmp-{uuid.uuid4().hex[:8]}"
+        self.tmp.mkdir(parents=True)
+        self.arrays: dict[str, dict[str, Any]] = {}
+        self._files: dict[str, Any] = {}
+        self._written: dict[str, int] = {}
+
+    def declare(self, name: str, shape: tuple[int, ...], dtype: Any) -> None:
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"bad array name {name!r}")
+        self.arrays[name] = {"shape": [int(s) for s in shape], "dtype": np.dtype(dtype).str}
+        self._files[name] = open(self.tmp / f"{name}.bin", "wb")
+        self._written[name] = 0
+
+    def append(self, name: str, rows: np.ndarray) -> None:
+        info = self.arrays[name]
+        rows = np.ascontiguousarray(rows, dtype=np.dtype(info["dtype"]))
+        if tuple(rows.shape[1:]) != tuple(info["shape"][1:]):
+            raise ValueError(f"{name}: rows of shape {tuple(rows.shape[1:])}, declared {tuple(info['shape'][1:])}")
+        self._files[name].write(rows.tobytes())
+        self._written[name] += len(rows)
+
+    def commit(self) -> ArrayStore:
+        for name, f in self._files.items():
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            if self._written[name] != self.arrays[name]["shape"][0]:
+                raise RuntimeError(f"{name}: {self._written[name]} rows written, {self.arrays[name]['shape'][0]} declared")
+        meta = {"key": self.key, "arrays": self.arrays, **self.info}
+        (self.tmp / STORE_FILE).write_text(json.dumps(meta, indent=1))
+        if self.path.exists():  # stale, or another process finished the same store first
+            current = ArrayStore.open(self.path, self.key)
+            if current is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                return current
+            shutil.rmtree(self.path, ignore_errors=True)
+        try:
+            os.rename(self.tmp, self.path)
+        except OSError:  # lost a race to a complete store
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        store = ArrayStore.open(self.path, self.key)
+        if store is None:
+            raise RuntimeError(f"{self.path}: cache store incomplete right after writing it")
+        return store
+
+    def abort(self) -> None:
+        for f in self._files.values():
+            f.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()

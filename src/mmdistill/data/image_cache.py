@@ -1,0 +1,191 @@
+"""Decoded-image cache: every image is decoded and resized once per resolution into an array of
+integers on disk, and every stage and epoch reads its row instead of the file.
+
+Decoding a PNG and resizing it costs far more than reading its row back, and it is the same
+work every epoch, every stage and every sweep variant. Rows are stored as uint8
+(round(x * 255)), which is what an 8-bit source holds anyway; a modality whose files hold more
+than 8 bits (16-bit or float PIL modes) is stored as uint16 so it loses nothing it had.
+
+The key hashes the modality's kind, columns, channels and size and, for every record in order,
+its path(s) with each file's size and mtime_ns: a changed, added, removed or reordered image is
+a new key, so a stale cache is never read. File contents are not hashed; that would cost as much
+as decoding. Stores are written atomically and checked on open (`data/array_store.py`), so an
+interrupted build or a truncated file is rebuilt, never read. Rows are read by offset, not
+mapped, so a process's RSS does not grow with the size of the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from mmdistill.data.array_store import ArrayStore, StoreWriter
+from mmdistill.data.images import SIXTEEN_BIT
+
+if TYPE_CHECKING:
+    from mmdistill.config.schema import ExperimentConfig
+    from mmdistill.data.dataset import DataBundle, MultiModalDataset
+
+log = logging.getLogger(__name__)
+
+ARRAY = "images"
+FORMAT = 1  # bump when decoding (data/images.py) or the layout changes: old caches become stale
+WIDE_MODES = SIXTEEN_BIT | {"I", "F"}  # PIL modes with more than 8 bits per value
+BATCH = 32
+
+
+class ImageCache:
+    """The read side a dataset holds: sample i's image as float32 [C, S, S] in [0, 1]."""
+
+    def __init__(self, store: ArrayStore):
+        self.store = store
+        self.scale = float(np.iinfo(np.dtype(store.arrays[ARRAY]["dtype"])).max)
+
+    def __len__(self) -> int:
+        return self.store.shape(ARRAY)[0]
+
+    def image(self, index: int) -> torch.Tensor:
+        row = self.store.read(ARRAY, int(index)).astype(np.float32)
+        return torch.from_numpy(np.divide(row, self.scale, out=row))
+
+
+def _paths(record: Any, name: str, spec: Any) -> list[str]:
+    value = record.values[name]
+    return [str(p) for p in value] if spec.kind == "stacked_image" else [str(value)]
+
+
+def _stat(path: str) -> list[Any]:
+    try:
+        st = os.stat(path)
+        return [path, st.st_size, st.st_mtime_ns]
+    except OSError:  # the build then fails with the record's origin in the message
+        return [path, None, None]
+
+
+def image_cache_key(dataset: "MultiModalDataset", name: str, spec: Any) -> str:
+    """See the module docstring for what is hashed and what is deliberately not."""
+    h = hashlib.sha256()
+    h.update(json.dumps({
+        "format": FORMAT, "kind": spec.kind,
+        "columns": list(spec.columns) if spec.kind == "stacked_image" else [spec.column],
+        "channels": spec.channels, "size": spec.size, "samples": len(dataset.records),
+    }, sort_keys=True).encode())
+    for record in dataset.records:
+        h.update(json.dumps([_stat(p) for p in _paths(record, name, spec)]).encode())
+    return h.hexdigest()
+
+
+def cache_path(config: "ExperimentConfig", split: str, name: str, spec: Any, key: str) -> Path:
+    """Readable for someone looking into the cache folder; the key prefix keeps versions apart."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    return config.cache_dir / "images" / f"{split}-{safe}-{spec.size}px-{key[:16]}"
+
+
+def _is_wide(paths: list[str]) -> bool:
+    """Whether any file holds more than 8 bits per value (reads the header only)."""
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                if img.mode in WIDE_MODES:
+                    return True
+        except OSError:
+            pass
+    return False
+
+
+class _Decode(Dataset):
+    """The decode-only work of a build, run in DataLoader workers: sample i's image quantised
+    to `dtype`, and whether its files hold more than 8 bits. Decoding goes through the dataset's
+    own file path (`index` None), so it is exactly what training would decode and an unreadable
+    file is reported with its record's origin."""
+
+    def __init__(self, dataset: "MultiModalDataset", name: str, spec: Any, dtype: np.dtype):
+        self.dataset, self.name, self.spec, self.dtype = dataset, name, spec, np.dtype(dtype)
+        self.scale = float(np.iinfo(self.dtype).max)
+
+    def __len__(self) -> int:
+        return len(self.dataset.records)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, bool]:
+        record = self.dataset.records[i]
+        image = self.dataset._image(record, self.name, self.spec).numpy()
+        wide = self.dtype == np.uint8 and _is_wide(_paths(record, self.name, self.spec))
+        return np.rint(image * self.scale).astype(self.dtype), wide
+
+
+def _stack(items: list[tuple[np.ndarray, bool]]) -> tuple[np.ndarray, bool]:
+    return np.stack([rows for rows, _ in items]), any(wide for _, wide in items)
+
+
+class _WiderThanFirst(Exception):
+    """A file holds more bits than the first one suggested: the build restarts as uint16."""
+
+
+def _build(path: Path, key: str, dataset: "MultiModalDataset", split: str, name: str, spec: Any,
+           config: "ExperimentConfig", dtype: np.dtype) -> ArrayStore:
+    n, shape = len(dataset.records), (spec.total_channels, spec.size, spec.size)
+    # its own generator: iterating a DataLoader draws a seed, and building must not move the
+    # global RNG, or a run that builds the cache would train differently from one that reuses it
+    loader = DataLoader(_Decode(dataset, name, spec, dtype), batch_size=BATCH, collate_fn=_stack,
+                        num_workers=config.data.num_workers, generator=torch.Generator().manual_seed(0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = {"split": split, "modality": name, "size": spec.size, "samples": n}
+    with StoreWriter(path, key, info) as writer:
+        writer.declare(ARRAY, (n, *shape), dtype)
+        with tqdm(total=n, desc=f"decoding images ({split}, {name} {spec.size}px)", unit="img", leave=False,
+                  disable=not config.logging.progress_bar) as bar:
+            for rows, wide in loader:
+                if wide:
+                    raise _WiderThanFirst
+                writer.append(ARRAY, rows)
+                bar.update(len(rows))
+        return writer.commit()
+
+
+def open_or_build(dataset: "MultiModalDataset", split: str, name: str, config: "ExperimentConfig") -> ImageCache:
+    """The cache of modality `name` of `dataset`, built now if missing, stale or damaged."""
+    spec = dataset._image_specs[name]
+    key = image_cache_key(dataset, name, spec)
+    path = cache_path(config, split, name, spec, key)
+    n, shape = len(dataset.records), (len(dataset.records), spec.total_channels, spec.size, spec.size)
+    store = ArrayStore.open(path, key)
+    if store is not None and store.shape(ARRAY) == shape:
+        log.info("reusing decoded images (%s, %s %dpx, %d samples) from %s", split, name, spec.size, n, path)
+        return ImageCache(store)
+    if path.exists():
+        log.warning("decoded-image cache %s is incomplete or damaged; rebuilding it", path)
+        shutil.rmtree(path, ignore_errors=True)
+    start = time.perf_counter()
+    dtype = np.dtype(np.uint16 if _is_wide(_paths(dataset.records[0], name, spec)) else np.uint8)
+    try:
+        store = _build(path, key, dataset, split, name, spec, config, dtype)
+    except _WiderThanFirst:
+        dtype = np.dtype(np.uint16)
+        store = _build(path, key, dataset, split, name, spec, config, dtype)
+    log.info("decoded images (%s, %s %dpx, %d samples, %s) in %.1f s, cached in %s", split, name, spec.size, n,
+             dtype.name, time.perf_counter() - start, path)
+    return ImageCache(store)
+
+
+def attach_image_caches(data: "DataBundle", config: "ExperimentConfig", modalities: set[str] | None = None) -> None:
+    """Give every split's dataset a decoded-image cache for each image / stacked_image modality
+    it reads (or only those in `modalities`), building the ones missing."""
+    for split, dataset in data.datasets.items():
+        if not dataset.records:
+            continue
+        for name in dataset._image_specs:
+            if modalities is None or name in modalities:
+                dataset.attach_image_cache(name, open_or_build(dataset, split, name, config))

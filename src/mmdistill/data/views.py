@@ -1,0 +1,55 @@
+"""Which augmented view of each sample an epoch reads.
+
+A view is identified by (sample index, view index) and its augmentation is drawn from a
+generator seeded by (seed, index, view) (`data/augment.py`), so the same view is the same
+image for the teacher and the student, at any resolution, in any epoch and any process. That
+is what lets the teacher's outputs be computed once per view and cached: a KD student cycles
+through `data.views` fixed views, one per sample per epoch, and the cached teacher output for
+that view is exactly what the teacher would have computed on the fly.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+
+class ViewSampler(Sampler):
+    """Wraps a sampler of indices and yields (index, view) pairs.
+
+    `views` = k: each epoch draws one view in 0..k-1 per sample from a generator seeded by
+    (seed, epoch), so the choice is reproducible and needs no state from earlier epochs.
+    `views` = None: the view is the epoch number, a fresh augmentation every epoch (the
+    teacher stage, whose outputs are not cached). Lightning calls `set_epoch` before every
+    epoch (resumed runs included); without it the sampler counts its own epochs.
+    """
+
+    def __init__(self, base: Sampler, seed: int, views: int | None):
+        self.base = base
+        self.seed = seed
+        self.views = views
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+    def views_for_epoch(self, epoch: int, n: int) -> torch.Tensor:
+        if self.views is None:
+            return torch.full((n,), epoch, dtype=torch.long)
+        if self.views == 1:
+            return torch.zeros(n, dtype=torch.long)
+        gen = torch.Generator().manual_seed(hash((self.seed, epoch, -1)) & 0x7FFF_FFFF_FFFF_FFFF)
+        return torch.randint(self.views, (n,), generator=gen)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        indices = list(self.base)
+        views = self.views_for_epoch(epoch, max(indices, default=-1) + 1).tolist()
+        return iter([(i, views[i]) for i in indices])
+
+    def __len__(self) -> int:
+        return len(self.base)
