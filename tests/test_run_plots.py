@@ -1,0 +1,156 @@
+"""Per-run embedding maps and per-stage training curves (mmdistill/eval/embeddings.py, plots.py),
+and the sweep report's fused_vectors built on the same collector."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from conftest import tiny_config
+from mmdistill.config.schema import ExperimentConfig
+from mmdistill.data.dataset import load_data
+from mmdistill.eval.embeddings import collect_fused, plot_embedding_map, tsne_2d, umap_available, write_run_plots
+from mmdistill.eval.plots import curve_columns, plot_stage_curves
+from mmdistill.train.checkpoints import save_weights
+from mmdistill.train.pipeline import build_model
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_png(path) -> bool:
+    with Image.open(path) as img:
+        img.verify()
+    return path.read_bytes().startswith(PNG)
+
+
+@pytest.fixture(scope="module")
+def run(demo_root, tmp_path_factory):
+    raw = tiny_config(demo_root, tmp_path_factory.mktemp("runs"))
+    raw["data"]["augment"] = {"horizontal_flip_prob": 0.5, "brightness": 0.4}
+    config = ExperimentConfig.model_validate(raw)
+    data = load_data(config)
+    models = {role: build_model(config, role, data) for role in ("teacher", "student")}
+    return config, data, models
+
+
+@pytest.fixture
+def no_umap(monkeypatch):
+    monkeypatch.setitem(sys.modules, "umap", None)  # `import umap` now raises ImportError
+
+
+def test_collect_fused_is_the_split_in_order_and_restores_the_model(run):
+    config, data, models = run
+    teacher = models["teacher"]
+    teacher.train()
+    vectors, labels = collect_fused(teacher, data, "test", batch_size=10)
+    assert vectors.shape == (len(data.datasets["test"]), 16) and vectors.dtype == np.float32
+    assert set(labels) == {"finding", "urgent"}
+    np.testing.assert_array_equal(labels["finding"], data.datasets["test"].labels["finding"])
+    np.testing.assert_array_equal(labels["urgent"], np.asarray(data.datasets["test"].labels["urgent"], np.float32))
+    assert teacher.training  # given back in the mode it came in
+    again, _ = collect_fused(teacher, data, "test", batch_size=32)
+    np.testing.assert_allclose(again, vectors, rtol=1e-5, atol=1e-6)  # eval mode: batch size does not matter
+
+
+def test_collect_fused_on_train_switches_augmentation_off(run):
+    """The train split's vectors are of its plain images, not of one draw of augmentations."""
+    _, data, models = run
+    model = models["student"].eval()
+    dataset = data.datasets["train"]
+    augmenter = dataset.augmenter
+    vectors, _ = collect_fused(model, data, "train", 32)
+    assert dataset.augmenter is augmenter  # restored
+    with torch.no_grad():
+        augmented = np.concatenate([model(b["inputs"]).fused.numpy() for b in data.loader("train", 32, False, 0)])
+        dataset.augmenter = None
+        try:
+            plain = np.concatenate([model(b["inputs"]).fused.numpy() for b in data.loader("train", 32, False, 0)])
+        finally:
+            dataset.augmenter = augmenter
+    np.testing.assert_allclose(vectors, plain, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(vectors, augmented, atol=1e-4)  # the augmenter does change them
+
+
+@pytest.mark.parametrize("n, dim", [(1, 4), (2, 4), (3, 1), (5, 3), (12, 8)])
+def test_tsne_handles_tiny_inputs(n, dim):
+    xy = tsne_2d(np.random.default_rng(0).normal(size=(n, dim)).astype(np.float32))
+    assert xy.shape == (n, 2) and np.isfinite(xy).all()
+
+
+def test_plot_embedding_map_writes_a_png(tmp_path):
+    rng = np.random.default_rng(1)
+    vectors = np.concatenate([rng.normal(0, 1, (6, 5)), rng.normal(5, 1, (6, 5))])
+    path = tmp_path / "maps" / "tsne_x.png"
+    assert plot_embedding_map(vectors, np.repeat([0, 1], 6), ["a", "b"], "t-SNE", path, method="tsne")
+    assert _is_png(path)
+    with pytest.raises(ValueError, match="'pca'"):
+        plot_embedding_map(vectors, np.repeat([0, 1], 6), ["a", "b"], "x", tmp_path / "y.png", method="pca")
+
+
+def test_missing_umap_is_skipped_with_one_logged_line(no_umap, tmp_path, caplog):
+    assert not umap_available()
+    with caplog.at_level(logging.WARNING, logger="mmdistill.eval.embeddings"):
+        ok = plot_embedding_map(np.ones((4, 3)), np.zeros(4), ["a"], "UMAP", tmp_path / "umap_x.png", method="umap")
+    assert ok is False and not (tmp_path / "umap_x.png").exists()
+    assert len(caplog.records) == 1 and "umap-learn" in caplog.records[0].getMessage()
+
+
+def test_write_run_plots_one_map_per_method_and_role(run, no_umap, tmp_path, caplog):
+    _, data, models = run
+    with caplog.at_level(logging.WARNING, logger="mmdistill.eval.embeddings"):
+        written = write_run_plots(tmp_path, models, data, batch_size=16)
+    expected = [tmp_path / "plots" / f"tsne_{role}.png" for role in ("teacher", "student")]
+    assert written == expected and all(_is_png(p) for p in expected)
+    assert not list((tmp_path / "plots").glob("umap_*"))
+    assert len([r for r in caplog.records if "UMAP" in r.getMessage()]) == 1  # once per run, not per model
+
+
+@pytest.mark.skipif(not umap_available(), reason="umap-learn is an optional extra")
+def test_umap_map_when_installed(tmp_path):
+    vectors = np.random.default_rng(2).normal(size=(30, 6))
+    assert plot_embedding_map(vectors, np.arange(30) % 3, ["a", "b", "c"], "UMAP", tmp_path / "u.png", method="umap")
+    assert _is_png(tmp_path / "u.png")
+
+
+def test_stage_curves_one_png_per_stage_from_metrics_rows(tmp_path):
+    rows = [{"stage": stage, "epoch": e, "train_loss": 1.0 / e, "dev_score": 0.5 + 0.1 * e, "train_kl": 0.3 / e,
+             "dev_finding_f1_macro": 0.4 + 0.1 * e, "lr": 1e-3, "seconds": 0.2, "train_seconds": 0.1}
+            for stage in ("teacher", "student") for e in (1, 2, 3)]
+    rows[0].pop("train_kl")  # a column one row lacks, as metrics.csv writes it ('')
+    written = plot_stage_curves(rows, tmp_path / "plots")
+    assert [p.name for p in written] == ["teacher_training_curves.png", "student_training_curves.png"]
+    assert all(_is_png(p) for p in written)
+    # rows read back from metrics.csv are strings, blanks included
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[1]), restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    back = list(csv.DictReader(io.StringIO(buf.getvalue())))
+    assert [p.name for p in plot_stage_curves(back, tmp_path / "again")] == [p.name for p in written]
+    assert curve_columns(list(rows[1])) == (["train_kl"], ["dev_finding_f1_macro"])  # no timings among the losses
+
+
+def test_fused_vectors_rebuilds_the_run_and_matches_collect_fused(run, tmp_path):
+    from mmdistill.sweep.embeddings import fused_vectors
+
+    config, data, models = run
+    run_dir = tmp_path / "run"
+    (run_dir / "config.yaml").parent.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    for role, model in models.items():
+        save_weights(model, run_dir / "checkpoints" / f"{role}_best.safetensors")
+    out = fused_vectors(run_dir)
+    expected, labels = collect_fused(models["student"], data, "test", 64)
+    np.testing.assert_allclose(out["student"], expected, rtol=1e-5, atol=1e-6)
+    assert out["teacher"].shape == (len(expected), 16)
+    np.testing.assert_array_equal(out["labels"], labels["finding"])
+    assert out["labels"].dtype == np.int64
+    assert out["task"] == "finding" and out["classes"] == list(data.tasks[0].classes)
