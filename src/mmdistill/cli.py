@@ -34,11 +34,21 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="override a config value, e.g. --set training.student.lr=3e-4 (repeatable)")
 
 
+def _add_cache_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-teacher-cache", action="store_true",
+                        help="run the frozen teacher at every KD step instead of caching its outputs "
+                             "(same as --set cache.teacher=false)")
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    return list(args.overrides) + (["cache.teacher=false"] if getattr(args, "no_teacher_cache", False) else [])
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from mmdistill.config import load_config
     from mmdistill.train.pipeline import run_experiment, summary_table
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, _overrides(args))
     if args.smoke:
         from mmdistill.config.smoke import smoke_config
 
@@ -53,12 +63,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from mmdistill.config import load_config
     from mmdistill.data.checks import check_images, summary
     from mmdistill.data.dataset import load_data
-    from mmdistill.train.pipeline import check_models
+    from mmdistill.train.pipeline import check_models, precomputed_teacher
 
     config = load_config(args.config, args.overrides)
     data = load_data(config)
     checked = check_images(config, data)
     check_models(config, data)
+    precomputed_teacher(config, data)
     print(summary(config, data, checked))
     return 0
 
@@ -94,7 +105,21 @@ def cmd_losses(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from mmdistill.sweep.runner import run_sweep
 
-    return run_sweep(args.config, args.overrides, dry_run=args.dry_run, report=not args.no_report)
+    return run_sweep(args.config, _overrides(args), dry_run=args.dry_run, report=not args.no_report)
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from mmdistill.config import load_config
+    from mmdistill.train.extract import extract_embeddings
+
+    config = load_config(args.config, args.overrides)
+    if args.smoke:
+        from mmdistill.config.smoke import smoke_config
+
+        config = smoke_config(config)
+    for split, path in extract_embeddings(config).items():
+        print(f"{split}: {path}")
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -112,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace a finished run with the same name")
     run.add_argument("--smoke", action="store_true",
                      help="tiny random-init backbones, one short epoch per stage: checks a recipe's wiring in seconds")
+    _add_cache_args(run)
     run.set_defaults(func=cmd_run)
     validate = sub.add_parser("validate", help="check config and data (every image decoded) without training")
     _add_config_args(validate)
@@ -136,7 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true",
                        help="validate every variant and print what would run (and the sbatch script for slurm)")
     sweep.add_argument("--no-report", action="store_true", help="skip aggregation and report at the end")
+    _add_cache_args(sweep)
     sweep.set_defaults(func=cmd_sweep)
+    extract = sub.add_parser("extract", help="write the teacher's embeddings of every split (data.source: "
+                                             "embeddings) for feature-KD runs to train against")
+    _add_config_args(extract)
+    extract.add_argument("--smoke", action="store_true", help="tiny random-init teacher of the same family")
+    extract.set_defaults(func=cmd_extract)
     report = sub.add_parser("report", help="write report.md and report.html for a sweep or a run directory")
     report.add_argument("dir", help="a sweep directory (<output_dir>/<experiment>) or one run directory")
     report.add_argument("--no-tsne", action="store_true", help="skip the t-SNE of teacher and student embeddings")

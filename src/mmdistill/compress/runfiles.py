@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from mmdistill.config.loading import apply_overrides, format_validation_error, read_config_file
 from mmdistill.config.schema import CompressSpec, ExperimentConfig
-from mmdistill.data.dataset import DataBundle, load_data
+from mmdistill.data.dataset import DataBundle
 from mmdistill.errors import UserError
 from mmdistill.models.net import MultiModalNet
 from mmdistill.train.checkpoints import load_weights
@@ -105,7 +105,7 @@ def load_run(run_dir: str | Path, overrides: Iterable[str] = (), data: DataBundl
     """Everything compression reads, loaded and checked; raises UserError naming the file."""
     import lightning as L
 
-    from mmdistill.train.pipeline import build_model
+    from mmdistill.train.pipeline import build_model, load_run_data
 
     files = RunFiles(Path(run_dir))
     if config is None:
@@ -121,7 +121,7 @@ def load_run(run_dir: str | Path, overrides: Iterable[str] = (), data: DataBundl
     if need_teacher and not teacher_path.is_file():
         raise UserError(f"teacher checkpoint not found: {teacher_path} (needed to fine-tune after pruning; "
                         "--set compress.finetune_epochs=0 skips fine-tuning)")
-    data = data if data is not None else load_data(config)
+    data = data if data is not None else load_run_data(config)  # the images the run itself read
     L.seed_everything(config.seed, workers=True, verbose=False)
     student = load_checkpoint(build_model(config, "student", data), files.student, "student checkpoint")
     teacher = None

@@ -219,6 +219,51 @@ def write_derm(root: Path, seed: int = 0, n: int = 300, dim: int = 16) -> dict[s
     return {"cases": n, "with_text": len(embeddings)}
 
 
+# What recipes/feature_kd.yaml draws its views with; the demo's embeddings must use the same.
+EMBEDDINGS_DEMO_SEED = 42
+EMBEDDINGS_DEMO_AUGMENT = {"horizontal_flip_prob": 0.5}
+
+
+@DEMO_KINDS.register("embeddings")
+def write_embeddings_demo(root: Path, seed: int = 0, sizes: dict[str, int] | None = None,
+                          num_views: int = 2, dim: int = 64) -> dict[str, int]:
+    """Seed 003's layout (`data/embeddings.py`) over the demo images, with the teacher's
+    embeddings already extracted, so `mmdistill run recipes/feature_kd.yaml` works on it as
+    written. The "teacher" is a fixed random projection of each view's 8x8 pixels: a function
+    of exactly the image the student sees in that view, which a student can learn to match.
+    Train views are drawn as recipes/feature_kd.yaml draws them (seed 42, random h-flips)."""
+    from mmdistill.config.schema import AugmentSpec
+    from mmdistill.data.augment import Augmenter
+    from mmdistill.data.embeddings import SPLIT_DIRS, write_split_embeddings
+    from mmdistill.data.images import load_image
+
+    sizes = sizes or {"train": 320, "dev": 96, "test": 128}
+    write_demo(root, seed=seed, sizes=sizes)
+    augmenter = Augmenter(AugmentSpec(**EMBEDDINGS_DEMO_AUGMENT), EMBEDDINGS_DEMO_SEED)
+    projection = np.random.default_rng(1234).normal(0, 1 / np.sqrt(3 * 64), size=(3 * 64, dim)).astype(np.float32)
+    for split in sizes:
+        table = root / f"{split}.csv"
+        with table.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        views = num_views if split == "train" else 1
+        out = np.zeros((len(rows), views, dim), dtype=np.float32)
+        for i, row in enumerate(rows):
+            image = load_image(root / row["image"], 3, 8)
+            for v in range(views):
+                seen = augmenter({"image": image}, {"image"}, augmenter.generator(i, v))["image"] if split == "train" else image
+                out[i, v] = (seen.reshape(-1).numpy() - 0.5) @ projection
+        directory = root / SPLIT_DIRS[split]
+        directory.mkdir(parents=True, exist_ok=True)
+        _write_csv(directory / "samples.csv", rows)
+        meta = {"num_views": views, "embedding_dim": dim, "modality": "image_teacher",
+                "teacher": "demo: fixed random projection of the view's 8x8 pixels"}
+        if split == "train":
+            meta.update({"seed": EMBEDDINGS_DEMO_SEED, "augment": AugmentSpec(**EMBEDDINGS_DEMO_AUGMENT).model_dump(mode="json")})
+        write_split_embeddings(directory, out, meta)
+        table.unlink()
+    return dict(sizes)
+
+
 def write_demo_data(kind: str, root: str | Path, seed: int = 0) -> dict[str, int]:
     root = Path(root)
     if root.exists() and not root.is_dir():

@@ -109,6 +109,7 @@ class MultiModalNet(nn.Module):
         for task in tasks:
             self.heads[task.name] = nn.Linear(self.fusion.out_dim, task.num_outputs)
         self.normalize_projections = spec.normalize_projections
+        self.probe_heads = spec.probe_heads
         self.masking = spec.masking
         self.aux_heads = NamedModules()
         if spec.aux_heads:
@@ -134,7 +135,7 @@ class MultiModalNet(nn.Module):
             projections = {m: F.normalize(p, dim=-1) for m, p in projections.items()}
         present = self._present(next(iter(projections.values())))
         fused = self.fusion([projections[m] for m in self.modalities], present)
-        logits = self._heads(self.heads, self.dropout(fused))
+        logits = self._heads(self.heads, self.dropout(fused.detach() if self.probe_heads else fused))
         aux = {m: self._heads(self.aux_heads[m], projections[m]) for m in self.modalities if m in self.aux_heads}
         return ModelOutput(logits=logits, embeddings=embeddings, projections=projections, fused=fused,
                            feature_maps=feature_maps, aux_logits=aux, present=present)

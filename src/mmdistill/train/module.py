@@ -1,8 +1,8 @@
 """The LightningModule for one training stage.
 
-The same module trains the teacher (task loss), the KD student (teacher frozen, objective from
-config) and the baseline student (task loss): the stages differ only in the objective and in
-whether a teacher is attached. The whole step fits on one screen, on purpose.
+The same module trains the teacher (task loss), the KD student (teacher outputs from a frozen
+teacher or its cache, objective from config) and the baseline student (task loss): the stages
+differ only in the objective and in whether a teacher is attached. The whole step fits on one screen, on purpose.
 """
 
 from __future__ import annotations
@@ -19,24 +19,6 @@ from mmdistill.losses.objective import Objective
 from mmdistill.losses.terms import LossBatch
 from mmdistill.train.optim import build_optimizer
 from mmdistill.models.net import ModelOutput, MultiModalNet, TaskInfo
-
-
-class FrozenTeacher(nn.Module):
-    """A teacher that cannot train: no gradients, and eval mode whatever its parent asks."""
-
-    def __init__(self, model: MultiModalNet):
-        super().__init__()
-        self.model = model
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.model.eval()
-
-    def train(self, mode: bool = True) -> "FrozenTeacher":
-        return super().train(False)
-
-    @torch.no_grad()
-    def forward(self, inputs: dict[str, Any]) -> ModelOutput:
-        return self.model(inputs)
 
 
 class OutputCollector:
@@ -58,13 +40,15 @@ class OutputCollector:
 
 class StageModule(L.LightningModule):
     def __init__(self, stage: str, model: MultiModalNet, objective: Objective, training: StageTraining,
-                 teacher: MultiModalNet | None = None):
+                 teacher: nn.Module | None = None):
+        """`teacher`: where the KD stage's teacher outputs come from, called with the batch
+        (`train/teacher_cache.py`: the frozen teacher on the fly, or its cached outputs)."""
         super().__init__()
         self.stage = stage
         self.model = model
         self.objective = objective
         self.training_cfg = training
-        self.teacher = FrozenTeacher(teacher) if teacher is not None and objective.needs_teacher else None
+        self.teacher = teacher if objective.needs_teacher else None
         self.dev_metrics: dict[str, Any] | None = None
         self._sums: dict[str, float] = {}
         self._count = 0
@@ -87,7 +71,7 @@ class StageModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         student = self.model(batch["inputs"])
-        teacher = self.teacher(batch["inputs"]) if self.teacher is not None else None
+        teacher = self.teacher(batch) if self.teacher is not None else None
         progress = self.progress()
         loss, parts = self.objective(student, teacher, LossBatch(batch["labels"], batch["index"], progress))
         n = len(batch["index"])

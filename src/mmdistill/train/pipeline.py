@@ -19,14 +19,48 @@ import yaml
 from mmdistill.config.schema import ExperimentConfig
 from mmdistill.data.dataset import DataBundle, class_counts, load_data
 from mmdistill.errors import UserError
-from mmdistill.eval.plots import plot_confusion, plot_curves
+from mmdistill.data.stats import image_stats
+from mmdistill.eval.embeddings import write_run_plots
+from mmdistill.eval.plots import plot_confusion, plot_curves, plot_stage_curves
 from mmdistill.io import write_json_atomic, write_text_atomic
 from mmdistill.losses.objective import Objective, build_objective
 from mmdistill.models.net import MultiModalNet
 from mmdistill.sweep.hashing import config_hash, teacher_hash
 from mmdistill.train.checkpoints import load_weights
 from mmdistill.train.recorder import MetricsLog
+from mmdistill.data.embeddings import load_teacher_embeddings
+from mmdistill.train.feature_eval import model_features, probe_splits
 from mmdistill.train.stage import StageResult, evaluate_only, train_stage
+from mmdistill.train.teacher_cache import PrecomputedTeacher
+
+
+def attach_caches(data: DataBundle, config: ExperimentConfig, modalities: set[str] | None = None) -> DataBundle:
+    """With `cache.images` on, every image is decoded and resized once into a uint8 array that
+    all stages and epochs read instead of the files (`modalities`: only these)."""
+    if config.cache.images:
+        from mmdistill.data.image_cache import attach_image_caches
+
+        attach_image_caches(data, config, modalities)
+    return data
+
+
+def precomputed_teacher(config: ExperimentConfig, data: DataBundle) -> PrecomputedTeacher | None:
+    """For `data.source: embeddings`, the teacher read from its extracted embeddings (checked:
+    files, shapes, view settings, and that the objective reads only what they hold)."""
+    if config.data.source != "embeddings":
+        return None
+    if len(config.teacher.encoders) != 1:
+        raise UserError("teacher.encoders: with data.source: embeddings the teacher is one embedding per sample; "
+                        f"declare exactly one encoder (the one `mmdistill extract` runs), not {len(config.teacher.encoders)}")
+    splits = load_teacher_embeddings(config, {s: len(ds) for s, ds in data.datasets.items()})
+    teacher = PrecomputedTeacher(splits, next(iter(config.teacher.encoders)))
+    build_objective(config.objective.preset, config.objective.terms, data.tasks, build_model(config, "student", data),
+                    teacher)
+    return teacher
+
+
+def load_run_data(config: ExperimentConfig) -> DataBundle:
+    return attach_caches(load_data(config), config)
 
 
 def build_model(config: ExperimentConfig, role: str, data: DataBundle) -> MultiModalNet:
@@ -35,11 +69,15 @@ def build_model(config: ExperimentConfig, role: str, data: DataBundle) -> MultiM
     return MultiModalNet(spec, modalities, data.tasks, data.embedding_dims, key=role)
 
 
-def check_models(config: ExperimentConfig, data: DataBundle) -> MultiModalNet:
+def check_models(config: ExperimentConfig, data: DataBundle) -> MultiModalNet | None:
     """Build teacher and student once and the objective between them, so unknown backbone
     names, unreachable weights and terms whose features are missing fail before any
-    training; returns the teacher (seeded), which the run then uses."""
+    training; returns the teacher (seeded), which the run then uses. A precomputed teacher
+    (`data.source: embeddings`) is not built: a run needs only its embeddings, not its weights."""
     L.seed_everything(config.seed, workers=True, verbose=False)
+    if config.data.source == "embeddings":
+        build_model(config, "student", data)
+        return None
     teacher = build_model(config, "teacher", data)
     build_objective(config.objective.preset, config.objective.terms, data.tasks, build_model(config, "student", data), teacher)
     return teacher
@@ -64,6 +102,8 @@ def _stage_entry(result: StageResult) -> dict[str, Any]:
 
 def _write_confusions(run_dir: Path, stage: str, result: StageResult, plots: bool) -> None:
     for task, m in result.test["tasks"].items():
+        if "confusion_matrix" not in m:  # probe scores of a precomputed teacher
+            continue
         matrix = np.asarray(m["confusion_matrix"], dtype=np.int64)
         np.save(run_dir / "confusion" / f"{stage}_{task}_test.npy", matrix)
         if plots:
@@ -78,7 +118,9 @@ def run_experiment(config: ExperimentConfig, overwrite: bool = False, run_dir: P
     started = time.perf_counter()
     data = load_data(config)
     teacher = check_models(config, data)
+    precomputed = precomputed_teacher(config, data)
     run_dir = prepare_run_dir(config, overwrite, run_dir)
+    attach_caches(data, config, set(config.student.encoders) if precomputed is not None else None)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     (run_dir / "confusion").mkdir(exist_ok=True)
     (run_dir / "plots").mkdir(exist_ok=True)
@@ -96,25 +138,37 @@ def run_experiment(config: ExperimentConfig, overwrite: bool = False, run_dir: P
     results: dict[str, Any] = {"experiment": config.experiment_name, "seed": config.seed}
     timing: dict[str, float] = {}
 
-    # Stage 1: the teacher, trained or loaded.
-    if config.teacher.checkpoint is not None:
+    # Stage 1: the teacher, trained, loaded, or (precomputed embeddings) only scored by probes.
+    if precomputed is not None:
+        start = time.perf_counter()
+        probe = probe_splits({s: np.asarray(e[:, 0], dtype=np.float32) for s, e in precomputed.splits.items()},
+                             data, config.seed)
+        stages = {"teacher": StageResult(probe["dev"], probe["test"], None, time.perf_counter() - start)}
+        results["probe"] = {"teacher": probe}
+    elif config.teacher.checkpoint is not None:
         load_weights(teacher, config.teacher.checkpoint, "teacher.checkpoint")
         stages = {"teacher": evaluate_only(teacher, data, config.training.teacher.batch_size)}
         results["teacher_checkpoint"] = str(config.teacher.checkpoint)
     else:
         stages = {"teacher": train_stage("teacher", config, config.training.teacher, teacher, supervised(teacher), data,
-                                         log, run_dir / "checkpoints" / "teacher_best.safetensors")}
+                                         log, run_dir / "checkpoints" / "teacher_best.safetensors", fresh_views=True)}
 
     # Stage 2: the KD student, and the same student trained without the teacher.
     student = None
     if not teacher_only:
         L.seed_everything(config.seed, workers=True, verbose=False)
         student = build_model(config, "student", data)
-        objective = build_objective(config.objective.preset, config.objective.terms, data.tasks, student, teacher)
+        source = precomputed if precomputed is not None else teacher
+        objective = build_objective(config.objective.preset, config.objective.terms, data.tasks, student, source)
         objective.set_dataset_size(len(data.datasets["train"]))
         objective.set_class_counts(counts)
         stages["student"] = train_stage("student", config, config.training.student, student, objective, data, log,
-                                        run_dir / "checkpoints" / "student_best.safetensors", teacher=teacher)
+                                        run_dir / "checkpoints" / "student_best.safetensors", teacher=source)
+        if precomputed is not None:  # the student's representation, scored as the teacher's was
+            ref = next((r for t in objective.terms for role, r in t.features() if role == "student"), "fused")
+            features = {s: model_features(student, data, s, ref, config.training.student.batch_size)
+                        for s in data.datasets}
+            results["probe"]["student"] = {"feature": ref, **probe_splits(features, data, config.seed)}
     if config.training.baseline and not teacher_only:
         L.seed_everything(config.seed, workers=True, verbose=False)
         baseline = build_model(config, "student", data)
@@ -128,13 +182,19 @@ def run_experiment(config: ExperimentConfig, overwrite: bool = False, run_dir: P
         _write_confusions(run_dir, name, result, config.logging.plots)
     timing["total"] = round(time.perf_counter() - started, 3)
     results["timing"] = timing
-    results["params"] = {"teacher": teacher.num_parameters()}
+    results["params"] = {"teacher": teacher.num_parameters() if teacher is not None else None}
     if student is not None:
         results["params"]["student"] = student.num_parameters()
     results["tasks"] = {t.name: {"type": t.type, "classes": list(t.classes)} for t in data.tasks}
     results["samples"] = {split: len(ds) for split, ds in data.datasets.items()}
+    results["image_stats"] = image_stats(data.modalities)  # the mean/std the inputs were normalised with
     if config.logging.plots and log.rows:
         plot_curves(log.rows, run_dir / "plots" / "curves.png")
+        plot_stage_curves(log.rows, run_dir / "plots")
+    if config.logging.plots:  # seed 002's t-SNE / UMAP of each model's fused test vectors
+        roles = {"teacher": teacher, "student": student}
+        write_run_plots(run_dir, {r: m for r, m in roles.items() if m is not None}, data,
+                        batch_size=config.training.student.batch_size)
     # what a sweep compares to decide whether this run is finished (mmdistill/sweep/hashing.py)
     results["config_hash"] = teacher_hash(config) if teacher_only else config_hash(config)
     write_json_atomic(run_dir / "results.json", results)
@@ -152,5 +212,6 @@ def summary_table(results: dict[str, Any]) -> str:
         if key not in results:
             continue
         params = results["params"]["teacher" if key == "teacher" else "student"]
-        lines.append(f"{label:<18}{results[key]['dev']['score']:>10.4f}{results[key]['test']['score']:>12.4f}{params:>14,}")
+        shown = f"{params:,}" if params is not None else "precomputed"
+        lines.append(f"{label:<18}{results[key]['dev']['score']:>10.4f}{results[key]['test']['score']:>12.4f}{shown:>14}")
     return "\n".join(lines)

@@ -52,6 +52,10 @@ class EpochRecorder(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._t0 = time.perf_counter()
+        self._train_seconds = float("nan")
+
+    def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._train_seconds = time.perf_counter() - self._t0  # the epoch's training steps, without validation
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.sanity_checking or module.dev_metrics is None:
@@ -65,6 +69,7 @@ class EpochRecorder(L.Callback):
         row.update({f"dev_{t}_f1_macro": round(m["f1_macro"], 6) for t, m in dev["tasks"].items()})
         row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
         row["seconds"] = round(time.perf_counter() - self._t0, 3)
+        row["train_seconds"] = round(self._train_seconds, 3) if self._train_seconds == self._train_seconds else ""
         self.metrics_log.append(row)
         if dev["score"] > self.best_score:
             self.best_score, self.best_epoch = dev["score"], row["epoch"]

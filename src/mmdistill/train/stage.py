@@ -12,6 +12,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch import nn
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from mmdistill.config.schema import ExperimentConfig, StageTraining
@@ -21,6 +22,7 @@ from mmdistill.models.net import MultiModalNet
 from mmdistill.train.checkpoints import load_weights
 from mmdistill.train.module import OutputCollector, StageModule
 from mmdistill.train.recorder import EpochRecorder, MetricsLog
+from mmdistill.train.teacher_cache import FrozenTeacher, teacher_source
 from mmdistill.train.warmup import BackboneWarmup
 
 
@@ -68,17 +70,29 @@ def evaluate_model(model: MultiModalNet, data: DataBundle, split: str, batch_siz
     model.eval()
     device = next(model.parameters()).device
     collector = OutputCollector()
-    for batch in data.loader(split, batch_size, shuffle=False, seed=0):
+    for batch in data.loader(split, batch_size, shuffle=False, seed=0, modalities=set(model.modalities)):
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch["inputs"].items()}
         collector.add(model(inputs), batch["labels"])
     return collector.metrics(model.tasks)
 
 
 def train_stage(name: str, config: ExperimentConfig, stage: StageTraining, model: MultiModalNet, objective: Objective,
-                data: DataBundle, log: MetricsLog, best_path: Path, teacher: MultiModalNet | None = None) -> StageResult:
-    """Fit `model` with early stopping on dev, reload its best weights, evaluate dev and test."""
+                data: DataBundle, log: MetricsLog, best_path: Path, teacher: MultiModalNet | nn.Module | None = None,
+                fresh_views: bool = False) -> StageResult:
+    """Fit `model` with early stopping on dev, reload its best weights, evaluate dev and test.
+
+    With a `teacher` and an objective that reads it, the teacher's outputs come from the cache
+    (built first if needed) or, with `cache.teacher: false`, from running it every step.
+    Student-side stages cycle through `data.views` fixed views per sample, so KD and baseline
+    students see the same images; `fresh_views` (the teacher stage) draws a new one each epoch.
+    """
     start = time.perf_counter()
-    module = StageModule(name, model, objective, stage, teacher)
+    if isinstance(teacher, MultiModalNet):
+        source = teacher_source(config, teacher, objective, data)
+    else:  # already a teacher-output source (precomputed embeddings), or None
+        source = teacher if objective.needs_teacher else None
+    reads = set(model.modalities) | (set(teacher.modalities) if isinstance(source, FrozenTeacher) else set())
+    module = StageModule(name, model, objective, stage, source)
     recorder = EpochRecorder(name, log, best_path)
     callbacks: list[L.Callback] = [recorder]
     if stage.freeze_backbone_epochs or stage.unfreeze_layers:
@@ -93,9 +107,11 @@ def train_stage(name: str, config: ExperimentConfig, stage: StageTraining, model
     trainer = make_trainer(config, stage, callbacks)
     workers = config.data.num_workers
     train_loader = data.loader("train", stage.batch_size, shuffle=True, seed=config.seed, num_workers=workers,
-                               balance_task=stage.weighted_sampling)
+                               balance_task=stage.weighted_sampling, views=None if fresh_views else config.data.views,
+                               modalities=reads)
     trainer.fit(module, train_loader,
-                data.loader("dev", stage.batch_size, shuffle=False, seed=config.seed, num_workers=workers),
+                data.loader("dev", stage.batch_size, shuffle=False, seed=config.seed, num_workers=workers,
+                            modalities=set(model.modalities)),
                 ckpt_path=stage.resume_from, weights_only=True)
     model.cpu()
     load_weights(model, best_path, f"{name} best checkpoint")

@@ -1,0 +1,206 @@
+"""What distillation costs on top of training the student alone, with and without the
+teacher-output cache, measured in one run on the same data.
+
+    .venv/bin/python benchmarks/kd_overhead.py [--train 384] [--epochs 3] [--grid-epochs 3]
+
+1. Seconds per training epoch (validation excluded; the median of the epochs after the first)
+   of a tiny_cnn student at 128 px trained alone, with KD from the cache, and with KD running a
+   ResNet-50-sized teacher every step; and the two ratios to the student alone.
+2. The wall time of a 3-loss-variant x 3-seed grid (one teacher per seed, as a sweep shares
+   them) with and without the cache, cache building included; `grid_speedup` is their ratio.
+   The ideal is `ratio_onthefly_vs_alone` (a KD run as cheap as the student alone).
+3. Peak RSS of a KD student stage reading a cache of N and of 10 N samples (fresh processes),
+   which should be equal: the caches are read by offset, not mapped (data/array_store.py).
+
+Ends with `ratio_cache_vs_alone=`, `ratio_onthefly_vs_alone=` and `grid_speedup=` lines.
+Teachers are random-init (their accuracy does not change their cost); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from mmdistill.config.schema import ExperimentConfig
+from mmdistill.data.demo import write_demo
+from mmdistill.losses.objective import build_objective
+from mmdistill.train.checkpoints import load_weights, save_weights
+from mmdistill.train.pipeline import build_model, load_run_data, run_experiment
+from mmdistill.train.recorder import MetricsLog
+from mmdistill.train.stage import train_stage
+from mmdistill.train.teacher_cache import teacher_source
+
+PRESETS = ("kd", "kl_bce", "combined")
+SEEDS = (0, 1, 2)
+
+
+def peak_rss_mib() -> float:
+    """This process's own peak (VmHWM): a child's ru_maxrss can carry its parent's peak over."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_config(root: Path, out: Path, size: int, teacher: str, epochs: int, seed: int = 0, preset: str = "kd",
+                cache: bool = True, checkpoint: Path | None = None, name: str = "bench") -> ExperimentConfig:
+    return ExperimentConfig.model_validate({
+        "experiment_name": name, "seed": seed, "output_dir": str(out),
+        "data": {"source": "table", "root": str(root),
+                 "files": {"train": "train.csv", "dev": "dev.csv", "test": "test.csv"},
+                 "modalities": {"image": {"kind": "image", "column": "image", "channels": 3, "size": size}}},
+        "tasks": {"finding": {"type": "multiclass"}, "urgent": {"type": "binary"}},
+        "teacher": {"encoders": {"image": {"type": "timm", "name": teacher, "pretrained": False}},
+                    "projection_dim": 128, "checkpoint": str(checkpoint) if checkpoint else None},
+        "student": {"encoders": {"image": {"type": "tiny_cnn"}}, "projection_dim": 128},
+        "objective": {"preset": preset},
+        "training": {"teacher": {"epochs": 1, "batch_size": 32},
+                     "student": {"epochs": epochs, "batch_size": 32, "lr": 2e-3, "patience": None},
+                     "baseline": False},
+        "cache": {"dir": str(out / "cache"), "teacher": cache},
+        "logging": {"progress_bar": False, "plots": False},
+    })
+
+
+def save_teachers(config: ExperimentConfig, out: Path) -> dict[int, Path]:
+    data = load_run_data(config)
+    paths = {}
+    for seed in SEEDS:
+        L.seed_everything(seed, verbose=False)
+        paths[seed] = out / f"teacher_seed{seed}.safetensors"
+        save_weights(build_model(config, "teacher", data), paths[seed])
+    return paths
+
+
+def epoch_seconds(config: ExperimentConfig, mode: str, out: Path) -> dict[str, Any]:
+    """Train the student stage in `mode` (alone / cache / onthefly); per-epoch train seconds."""
+    data = load_run_data(config)
+    L.seed_everything(config.seed, verbose=False)
+    student = build_model(config, "student", data)
+    teacher = None
+    build = 0.0
+    if mode == "alone":
+        objective = build_objective("task_only", None, data.tasks, student, None)
+    else:
+        teacher = build_model(config, "teacher", data)
+        load_weights(teacher, config.teacher.checkpoint, "teacher")
+        objective = build_objective(config.objective.preset, None, data.tasks, student, teacher)
+        if mode == "cache":
+            start = time.perf_counter()
+            teacher_source(config, teacher, objective, data)  # built here so its time is reported apart
+            build = time.perf_counter() - start
+    log = MetricsLog(out / f"metrics_{mode}.csv")
+    train_stage("student", config, config.training.student, student, objective, data, log,
+                out / f"student_{mode}.safetensors", teacher=teacher)
+    seconds = [float(r["train_seconds"]) for r in log.rows]
+    return {"epochs": seconds, "per_epoch": statistics.median(seconds[1:] or seconds), "build": build}
+
+
+def run_grid(root: Path, out: Path, args: argparse.Namespace, teachers: dict[int, Path], cache: bool) -> float:
+    start = time.perf_counter()
+    for seed in SEEDS:
+        for preset in PRESETS:
+            config = make_config(root, out, args.size, args.teacher, args.grid_epochs, seed, preset, cache,
+                                 teachers[seed], name=f"{preset}_seed{seed}")
+            run_experiment(config, overwrite=True)
+    return time.perf_counter() - start
+
+
+def rss_child(args: argparse.Namespace) -> None:
+    """In a fresh process: the KD student stage from a (pre-built) cache; print peak RSS."""
+    out = Path(args.rss_child)
+    config = make_config(out / "data", out, args.rss_size, args.teacher, 1, checkpoint=out / "teacher.safetensors")
+    if args.build_only:
+        data = load_run_data(config)
+        L.seed_everything(0, verbose=False)
+        save_weights(build_model(config, "teacher", data), out / "teacher.safetensors")
+        teacher = build_model(config, "teacher", data)
+        load_weights(teacher, out / "teacher.safetensors", "teacher")
+        teacher_source(config, teacher, build_objective("kd", None, data.tasks, build_model(config, "student", data),
+                                                        teacher), data)
+        return
+    result = epoch_seconds(config, "cache", out)
+    print(json.dumps({"peak_rss_mib": peak_rss_mib(), "build": result["build"]}))
+
+
+def rss_for(n: int, args: argparse.Namespace, work: Path) -> float:
+    out = work / f"rss_{n}"
+    write_demo(out / "data", seed=1, sizes={"train": n, "dev": 32, "test": 32})
+    cmd = [sys.executable, __file__, "--rss-child", str(out), "--rss-size", str(args.rss_size), "--teacher", args.teacher]
+    subprocess.run(cmd + ["--build-only"], check=True)
+    line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    return json.loads(line)["peak_rss_mib"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default="runs/bench_kd_overhead")
+    parser.add_argument("--train", type=int, default=384, help="train samples")
+    parser.add_argument("--size", type=int, default=128, help="image resolution of teacher and student")
+    parser.add_argument("--teacher", default="resnet50", help="timm teacher (random init)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per timed student stage")
+    parser.add_argument("--grid-epochs", type=int, default=3, help="student epochs per grid run")
+    parser.add_argument("--rss-samples", type=int, default=200, help="N for the N vs 10 N peak-RSS comparison")
+    parser.add_argument("--rss-size", type=int, default=32, help="image size of the RSS runs (cost only)")
+    parser.add_argument("--skip-grid", action="store_true")
+    parser.add_argument("--rss-child", help=argparse.SUPPRESS)
+    parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        return rss_child(args)
+
+    work = Path(args.work)
+    root = work / "data"
+    if not (root / "train.csv").exists():
+        write_demo(root, seed=0, sizes={"train": args.train, "dev": 64, "test": 64})
+    base = make_config(root, work, args.size, args.teacher, args.epochs)
+    teachers = save_teachers(base, work)
+    kd = make_config(root, work, args.size, args.teacher, args.epochs, checkpoint=teachers[0])
+    print(f"teacher {args.teacher} ({args.size} px), student tiny_cnn, {args.train} train samples", flush=True)
+
+    times = {}
+    for mode in ("alone", "cache", "onthefly"):
+        config = kd.model_copy(update={"cache": kd.cache.model_copy(update={"teacher": mode != "onthefly"})})
+        times[mode] = epoch_seconds(config, mode, work)
+        print(f"{mode:>9}: {times[mode]['per_epoch']:.2f} s/epoch (epochs: "
+              f"{', '.join(f'{s:.2f}' for s in times[mode]['epochs'])})", flush=True)
+    print(f"cache build (one teacher pass over {args.train} samples): {times['cache']['build']:.2f} s")
+    ratio_cache = times["cache"]["per_epoch"] / times["alone"]["per_epoch"]
+    ratio_live = times["onthefly"]["per_epoch"] / times["alone"]["per_epoch"]
+
+    grid_speedup = float("nan")
+    if not args.skip_grid:
+        import shutil
+
+        shutil.rmtree(work / "cache", ignore_errors=True)  # the grid builds its own caches, and is timed doing it
+        with_cache = run_grid(root, work / "grid_cache", args, teachers, cache=True)
+        without = run_grid(root, work / "grid_onthefly", args, teachers, cache=False)
+        grid_speedup = without / with_cache
+        print(f"grid {len(PRESETS)} loss variants x {len(SEEDS)} seeds, {args.grid_epochs} epochs: "
+              f"{with_cache:.1f} s with the cache, {without:.1f} s on the fly", flush=True)
+
+    small = rss_for(args.rss_samples, args, work)
+    large = rss_for(10 * args.rss_samples, args, work)
+    print(f"peak RSS of the KD student stage: {small:.0f} MiB with {args.rss_samples} cached samples, "
+          f"{large:.0f} MiB with {10 * args.rss_samples} ({large / small:.3f}x)")
+    print(f"peak_rss_mib={peak_rss_mib():.0f}")
+    print(f"rss_ratio_10x={large / small:.4f}")
+    print(f"ratio_cache_vs_alone={ratio_cache:.4f}")
+    print(f"ratio_onthefly_vs_alone={ratio_live:.4f}")
+    print(f"grid_speedup={grid_speedup:.4f}")
+
+
+if __name__ == "__main__":
+    main()

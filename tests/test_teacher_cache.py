@@ -1,0 +1,206 @@
+"""The teacher-output cache: exact equivalence with running the teacher, keys that change
+with what the outputs depend on, and damaged stores that are rebuilt rather than read."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_config
+from mmdistill.config.schema import ExperimentConfig
+from mmdistill.data.dataset import load_data
+from mmdistill.data.views import ViewSampler
+from mmdistill.losses.objective import build_objective
+from mmdistill.train import teacher_cache
+from mmdistill.train.pipeline import build_model, run_experiment
+from mmdistill.train.teacher_cache import CachedTeacher, FrozenTeacher, cache_key, teacher_fields, teacher_source
+
+# logit KD, feature regression on the fused vector, and attention transfer on the feature map:
+# one term per kind of stored field
+TERMS = [
+    {"term": "task", "weight": 0.5},
+    {"term": "kd_logits", "weight": 0.5, "params": {"temperature": 4.0}},
+    {"term": "feat_l2", "weight": 0.2, "params": {"student": "fused", "teacher": "fused"}},
+    {"term": "at", "weight": 0.2, "params": {"student": "feature_map:image", "teacher": "feature_map:image"}},
+]
+
+
+def _config(demo_root, out, **cache) -> ExperimentConfig:
+    raw = tiny_config(demo_root, out)
+    raw["objective"] = {"terms": TERMS}
+    raw["training"]["student"]["epochs"] = 3
+    raw["training"]["baseline"] = False
+    raw["cache"] = {"teacher_dtype": "float32", **cache}
+    return ExperimentConfig.model_validate(raw)
+
+
+def _student_losses(run_dir) -> list[dict[str, float]]:
+    with open(run_dir / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["stage"] == "student"]
+    return [{k: float(v) for k, v in r.items() if k.startswith("train_") and k != "train_seconds"} for r in rows]
+
+
+def test_cached_and_on_the_fly_teacher_give_the_same_loss_curve(demo_root, tmp_path):
+    cached = _config(demo_root, tmp_path / "a")
+    run_experiment(cached)
+    stores = list((tmp_path / "a" / "cache" / "teacher").glob("*/store.json"))
+    assert len(stores) == 1
+
+    teacher_weights = tmp_path / "a" / "tiny" / "checkpoints" / "teacher_best.safetensors"
+    live = _config(demo_root, tmp_path / "b", teacher=False).model_copy(deep=True)
+    live.teacher.checkpoint = teacher_weights
+    run_experiment(live)
+    assert not (tmp_path / "b" / "cache" / "teacher").exists()
+
+    a, b = _student_losses(tmp_path / "a" / "tiny"), _student_losses(tmp_path / "b" / "tiny")
+    assert len(a) == len(b) == 3
+    for row_a, row_b in zip(a, b):
+        assert row_a.keys() == row_b.keys() and {"train_kd_logits", "train_feat_l2", "train_at"} <= row_a.keys()
+        for key in row_a:
+            assert row_a[key] == pytest.approx(row_b[key], abs=1e-5), key
+    assert a[0]["train_kd_logits"] > 1e-4 and a[0]["train_loss"] != a[-1]["train_loss"]  # the curve moves
+
+
+def _parts(config):
+    data = load_data(config)
+    torch.manual_seed(0)
+    teacher, student = build_model(config, "teacher", data), build_model(config, "student", data)
+    objective = build_objective(None, config.objective.terms, data.tasks, student, teacher)
+    return data, teacher, objective
+
+
+def test_cached_outputs_equal_the_teachers_outputs_field_by_field(demo_root, tmp_path):
+    config = _config(demo_root, tmp_path)
+    data, teacher, objective = _parts(config)
+    assert teacher_fields(objective) == ["feature_map:image", "fused", "logits"]
+    source = teacher_source(config, teacher, objective, data)
+    assert isinstance(source, CachedTeacher)
+    batch = next(iter(data.loader("train", 8, shuffle=True, seed=3, modalities={"image"})))
+    live, cached = FrozenTeacher(teacher)(batch), source(batch)
+    torch.testing.assert_close(cached.fused, live.fused, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(cached.feature_maps["image"], live.feature_maps["image"], atol=1e-6, rtol=1e-5)
+    for task in live.logits:
+        torch.testing.assert_close(cached.logits[task], live.logits[task], atol=1e-6, rtol=1e-5)
+
+
+def test_cache_key_follows_teacher_weights_data_and_views(demo_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    config = _config(root, tmp_path)
+    data, teacher, objective = _parts(config)
+    fields = teacher_fields(objective)
+    key = cache_key(config, teacher, data, fields)
+    assert cache_key(config, teacher, load_data(config), fields) == key  # stable
+
+    weight = next(teacher.parameters())
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight.add_(1e-3)
+    assert cache_key(config, teacher, data, fields) != key
+    with torch.no_grad():
+        weight.copy_(saved)
+    assert cache_key(config, teacher, data, fields) == key
+
+    # a data file: one train row points at another image
+    rows = list(csv.DictReader(open(root / "train.csv")))
+    rows[0]["image"], rows[1]["image"] = rows[1]["image"], rows[0]["image"]
+    with open(root / "train.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    edited = load_data(config)
+    assert cache_key(config, teacher, edited, fields) != key
+
+    # an image file rewritten on disk
+    image = root / rows[5]["image"]
+    before = cache_key(config, teacher, edited, fields)
+    image.write_bytes(image.read_bytes() + b"\0")
+    assert cache_key(config, teacher, load_data(config), fields) != before
+
+    # view settings, and the stored fields / dtype
+    flips = config.model_dump()
+    flips["data"]["augment"] = {"horizontal_flip_prob": 0.5}
+    two_views = {**flips, "data": {**flips["data"], "views": 2}}
+    keys = {cache_key(ExperimentConfig.model_validate(c), teacher, edited, fields) for c in (flips, two_views)}
+    assert len(keys | {cache_key(config, teacher, edited, fields)}) == 3
+    assert cache_key(config, teacher, edited, ["logits"]) != cache_key(config, teacher, edited, fields)
+    half = config.model_copy(update={"cache": config.cache.model_copy(update={"teacher_dtype": "float16"})})
+    assert cache_key(half, teacher, edited, fields) != cache_key(config, teacher, edited, fields)
+
+
+def test_truncated_cache_is_rebuilt_not_read(demo_root, tmp_path, monkeypatch):
+    config = _config(demo_root, tmp_path)
+    data, teacher, objective = _parts(config)
+    builds = []
+    real_build = teacher_cache.build_teacher_store
+    monkeypatch.setattr(teacher_cache, "build_teacher_store", lambda *a, **k: builds.append(1) or real_build(*a, **k))
+
+    first = teacher_source(config, teacher, objective, data)
+    teacher_source(config, teacher, objective, data)
+    assert len(builds) == 1  # the second run reuses it
+
+    victim = next(first.store.path.glob("*.bin"))
+    os.truncate(victim, victim.stat().st_size // 2)
+    again = teacher_source(config, teacher, objective, data)
+    assert len(builds) == 2
+    assert victim.stat().st_size == np.prod(again.store.shape(victim.stem)) * 4
+
+
+def test_interrupted_build_leaves_nothing_readable(demo_root, tmp_path, monkeypatch):
+    config = _config(demo_root, tmp_path)
+    data, teacher, objective = _parts(config)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    calls = {"n": 0}
+    real_forward = teacher.forward
+
+    def forward_then_crash(inputs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            crash()
+        return real_forward(inputs)
+
+    monkeypatch.setattr(teacher, "forward", forward_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        teacher_source(config, teacher, objective, data)
+    teacher_dir = config.cache_dir / "teacher"
+    assert [p.name for p in teacher_dir.iterdir() if not p.name.startswith(".")] == []
+    assert list(teacher_dir.iterdir()) == []  # the temporary directory is gone too
+
+
+def test_views_are_deterministic_per_seed_epoch_and_sample():
+    base = list(range(50))
+    a, b = ViewSampler(base, seed=1, views=3), ViewSampler(base, seed=1, views=3)
+    first, again = list(a), list(b)
+    assert first == again and {v for _, v in first} == {0, 1, 2}
+    second = list(a)  # next epoch: another draw of one view per sample
+    assert [i for i, _ in second] == base and second != first
+    assert all(v == 0 for _, v in ViewSampler(base, seed=1, views=1))
+    fresh = ViewSampler(base, seed=1, views=None)
+    fresh.set_epoch(4)
+    assert {v for _, v in fresh} == {4}
+
+
+def test_a_view_is_the_same_augmentation_at_every_resolution(demo_root, tmp_path):
+    raw = tiny_config(demo_root, tmp_path)
+    raw["data"]["modalities"]["big"] = {"kind": "image", "column": "image", "channels": 3, "size": 32}
+    raw["teacher"]["encoders"] = {"big": {"type": "tiny_cnn", "widths": [8, 16]}}
+    raw["data"]["augment"] = {"horizontal_flip_prob": 0.5, "vertical_flip_prob": 0.5}  # exact at any size
+    raw["data"]["views"] = 4
+    config = ExperimentConfig.model_validate(raw)
+    train = load_data(config).datasets["train"]
+    items = [train[(3, view)]["inputs"] for view in range(4)]
+    for view, item in enumerate(items):
+        torch.testing.assert_close(train[(3, view)]["inputs"]["image"], item["image"])  # same view, same image
+        down = torch.nn.functional.interpolate(item["big"][None], size=16, mode="bilinear", antialias=True)[0]
+        distance = [float((down - other["image"]).abs().mean()) for other in items]
+        # the 32 px teacher image, brought to 16 px, is closest to the student's image of its own view
+        assert distance[view] == min(distance) and distance[view] < 0.8 * max(distance), distance
+    assert len({tuple(item["image"].flatten().tolist()) for item in items}) > 1  # the views differ
