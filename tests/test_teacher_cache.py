@@ -204,3 +204,11 @@ def test_a_view_is_the_same_augmentation_at_every_resolution(demo_root, tmp_path
         # the 32 px teacher image, brought to 16 px, is closest to the student's image of its own view
         assert distance[view] == min(distance) and distance[view] < 0.8 * max(distance), distance
     assert len({tuple(item["image"].flatten().tolist()) for item in items}) > 1  # the views differ
+
+
+def test_no_teacher_cache_flag_turns_the_cache_off():
+    from mmdistill.cli import _overrides, build_parser
+
+    args = build_parser().parse_args(["run", "c.yaml", "--no-teacher-cache", "--set", "seed=1"])
+    assert _overrides(args) == ["seed=1", "cache.teacher=false"]
+    assert _overrides(build_parser().parse_args(["sweep", "c.yaml"])) == []

@@ -59,6 +59,8 @@ class ImageModality(Strict):
     column: str
     channels: Literal[1, 3, 4] = 3
     size: int = Field(224, gt=0, description="decode resolution; each encoder may resize again")
+    # declared after `channels` in each class, not in a shared base: pydantic validates fields
+    # in order, and the per-channel check reads `channels`
     mean: ImageStat = Field(None, description=IMAGE_STAT_HELP)
     std: ImageStat = Field(None, description=IMAGE_STAT_HELP, validate_default=True)
 

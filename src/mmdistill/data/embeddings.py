@@ -20,7 +20,7 @@ import numpy as np
 
 from mmdistill.config.schema import SPLITS, EmbeddingsSourceSpec, ExperimentConfig
 from mmdistill.data.rows import RawSplits
-from mmdistill.data.table import _columns, read_rows
+from mmdistill.data.table import read_split_file
 from mmdistill.errors import UserError
 from mmdistill.io import write_json_atomic
 
@@ -39,11 +39,7 @@ def read_embeddings_source(spec: EmbeddingsSourceSpec) -> RawSplits:
         path = split_dir(spec, split) / spec.samples_file
         if not path.is_file():
             raise UserError(f"{path}: file not found (expected <root>/{SPLIT_DIRS[split]}/{spec.samples_file})")
-        raw.files[split] = str(path)
-        header = _columns(path)
-        if header is not None:
-            raw.headers[str(path)] = header
-        raw.rows[split] = list(read_rows(path))
+        read_split_file(raw, split, path)
     return raw
 
 

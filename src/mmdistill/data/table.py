@@ -60,6 +60,15 @@ def _columns(path: Path) -> list[str] | None:
     return None
 
 
+def read_split_file(raw: RawSplits, split: str, path: Path) -> None:
+    """All rows of `path` become split `split`, with its header kept to name missing columns."""
+    raw.files[split] = str(path)
+    header = _columns(path)
+    if header is not None:
+        raw.headers[str(path)] = header
+    raw.rows[split] = list(read_rows(path))
+
+
 def read_table(spec: TableSourceSpec) -> RawSplits:
     root = Path(spec.root)
     if not root.is_dir():
@@ -70,11 +79,7 @@ def read_table(spec: TableSourceSpec) -> RawSplits:
             path = root / spec.files[split]
             if not path.is_file():
                 raise UserError(f"data.files.{split}: file not found: {path}")
-            raw.files[split] = str(path)
-            header = _columns(path)
-            if header is not None:
-                raw.headers[str(path)] = header
-            raw.rows[split] = list(read_rows(path))
+            read_split_file(raw, split, path)
         return raw
     path = root / spec.file  # type: ignore[operator]
     if not path.is_file():
