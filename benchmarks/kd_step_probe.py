@@ -1,0 +1,45 @@
+"""Is a KD-from-cache step dearer than a student-alone step? Interleaved, repeated, same batches.
+
+Epoch times in kd_overhead.py vary by up to 20% on this 2-core machine, so its sequential
+per-mode medians cannot resolve a few percent. This script runs the identical 6 batches as
+plain training steps of the same student, alternating "alone" (task loss) and "cache" (KD
+objective, teacher outputs read from the cache), three times, and also times the cache reads
+on their own. Run benchmarks/kd_overhead.py first (it writes the data and teacher used here).
+
+    .venv/bin/python benchmarks/kd_step_probe.py
+"""
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kd_overhead import make_config
+from mmdistill.train.pipeline import build_model, load_run_data
+from mmdistill.losses.objective import build_objective
+from mmdistill.losses.terms import LossBatch
+from mmdistill.train.teacher_cache import teacher_source
+from mmdistill.train.checkpoints import load_weights
+work = Path("runs/bench_kd_overhead")
+cfg = make_config(work / "data", work, 128, "resnet50", 1, checkpoint=work / "teacher_seed0.safetensors")
+data = load_run_data(cfg)
+student = build_model(cfg, "student", data)
+teacher = build_model(cfg, "teacher", data); load_weights(teacher, cfg.teacher.checkpoint, "t")
+alone = build_objective("task_only", None, data.tasks, student, None)
+kd = build_objective("kd", None, data.tasks, student, teacher)
+src = teacher_source(cfg, teacher, kd, data)
+opt = torch.optim.AdamW(student.parameters(), 1e-3)
+batches = list(data.loader("train", 32, shuffle=True, seed=0, modalities={"image"}))
+def step(b, obj, source):
+    out = student(b["inputs"]); t = source(b) if source else None
+    loss, _ = obj(out, t, LossBatch(b["labels"], b["index"], 0.0)); opt.zero_grad(); loss.backward(); opt.step()
+for rep in range(3):
+    for name, obj, source in (("alone", alone, None), ("cache", kd, src)):
+        t0 = time.perf_counter()
+        for b in batches: step(b, obj, source)
+        t1 = time.perf_counter()
+        tr = time.perf_counter()
+        for b in batches: source(b) if source else None
+        print(name, f"{t1-t0:.2f}s for {len(batches)} steps; teacher reads {time.perf_counter()-tr:.4f}s", flush=True)
+print("torch threads", torch.get_num_threads())
