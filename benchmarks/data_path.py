@@ -9,7 +9,7 @@
 2. A short training loop of the tiny_cnn student on each path, and the share of its step
    time spent waiting for the next batch (`next(loader)`) rather than computing.
 3. Peak RSS of a process reading a cache of N and of 10 N samples (fresh child processes, each
-   reporting its own peak, VmHWM; see `own_peak_rss_mib`), which should be equal: rows are read by offset, not mapped
+   reporting its own peak, VmHWM; see `peak_rss_mib`), which should be equal: rows are read by offset, not mapped
    (data/array_store.py), so a larger cache costs disk and page cache, not process memory.
 
 Ends with `samples_per_s_raw=`, `samples_per_s_cache=`, `speedup=`, `wait_share_raw=`,
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -41,25 +40,10 @@ from mmdistill.data.demo import write_demo
 from mmdistill.data.image_cache import attach_image_caches
 from mmdistill.train.pipeline import build_model
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rss import peak_rss_mib  # noqa: E402
+
 BATCH = 32
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def own_peak_rss_mib() -> float:
-    """This process's own peak RSS. Not ru_maxrss in a child: Linux carries the parent's
-    high-water mark across fork + exec into it (exec_mmap keeps the old mm's hiwater in
-    signal->maxrss), so every child of a 1.5 GiB parent would report 1.5 GiB. VmHWM is the
-    peak of the process's current address space, which exec starts afresh."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return peak_rss_mib()
 
 
 def make_data(root: Path, train: int, source_size: int, seed: int = 0) -> None:
@@ -141,11 +125,11 @@ def rss_child(args: argparse.Namespace) -> None:
     attach_image_caches(data, config)
     if args.build_only:
         return
-    baseline = own_peak_rss_mib()
+    baseline = peak_rss_mib()
     for _ in range(2):
         for _batch in loader(data, 0):
             pass
-    print(json.dumps({"peak_rss_mib": own_peak_rss_mib(), "before_reading_mib": baseline,
+    print(json.dumps({"peak_rss_mib": peak_rss_mib(), "before_reading_mib": baseline,
                       "cache_mib": len(data.datasets["train"]) * 3 * args.size ** 2 / 2 ** 20}))
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -39,19 +38,11 @@ from mmdistill.train.recorder import MetricsLog
 from mmdistill.train.stage import train_stage
 from mmdistill.train.teacher_cache import teacher_source
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rss import peak_rss_mib  # noqa: E402
+
 PRESETS = ("kd", "kl_bce", "combined")
 SEEDS = (0, 1, 2)
-
-
-def peak_rss_mib() -> float:
-    """This process's own peak (VmHWM): a child's ru_maxrss can carry its parent's peak over."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def make_config(root: Path, out: Path, size: int, teacher: str, epochs: int, seed: int = 0, preset: str = "kd",

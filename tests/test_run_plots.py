@@ -17,7 +17,7 @@ from PIL import Image
 from conftest import tiny_config
 from mmdistill.config.schema import ExperimentConfig
 from mmdistill.data.dataset import load_data
-from mmdistill.eval.embeddings import collect_fused, plot_embedding_map, tsne_2d, umap_available, write_run_plots
+from mmdistill.eval.embeddings import collect_features, plot_embedding_map, tsne_2d, umap_available, write_run_plots
 from mmdistill.eval.plots import curve_columns, plot_stage_curves
 from mmdistill.train.checkpoints import save_weights
 from mmdistill.train.pipeline import build_model
@@ -46,27 +46,27 @@ def no_umap(monkeypatch):
     monkeypatch.setitem(sys.modules, "umap", None)  # `import umap` now raises ImportError
 
 
-def test_collect_fused_is_the_split_in_order_and_restores_the_model(run):
+def test_collect_features_is_the_split_in_order_and_restores_the_model(run):
     config, data, models = run
     teacher = models["teacher"]
     teacher.train()
-    vectors, labels = collect_fused(teacher, data, "test", batch_size=10)
+    vectors, labels = collect_features(teacher, data, "test", batch_size=10)
     assert vectors.shape == (len(data.datasets["test"]), 16) and vectors.dtype == np.float32
     assert set(labels) == {"finding", "urgent"}
     np.testing.assert_array_equal(labels["finding"], data.datasets["test"].labels["finding"])
     np.testing.assert_array_equal(labels["urgent"], np.asarray(data.datasets["test"].labels["urgent"], np.float32))
     assert teacher.training  # given back in the mode it came in
-    again, _ = collect_fused(teacher, data, "test", batch_size=32)
+    again, _ = collect_features(teacher, data, "test", batch_size=32)
     np.testing.assert_allclose(again, vectors, rtol=1e-5, atol=1e-6)  # eval mode: batch size does not matter
 
 
-def test_collect_fused_on_train_switches_augmentation_off(run):
+def test_collect_features_on_train_switches_augmentation_off(run):
     """The train split's vectors are of its plain images, not of one draw of augmentations."""
     _, data, models = run
     model = models["student"].eval()
     dataset = data.datasets["train"]
     augmenter = dataset.augmenter
-    vectors, _ = collect_fused(model, data, "train", 32)
+    vectors, _ = collect_features(model, data, "train", 32)
     assert dataset.augmenter is augmenter  # restored
     with torch.no_grad():
         augmented = np.concatenate([model(b["inputs"]).fused.numpy() for b in data.loader("train", 32, False, 0)])
@@ -138,7 +138,7 @@ def test_stage_curves_one_png_per_stage_from_metrics_rows(tmp_path):
     assert curve_columns(list(rows[1])) == (["train_kl"], ["dev_finding_f1_macro"])  # no timings among the losses
 
 
-def test_fused_vectors_rebuilds_the_run_and_matches_collect_fused(run, tmp_path):
+def test_fused_vectors_rebuilds_the_run_and_matches_collect_features(run, tmp_path):
     from mmdistill.sweep.embeddings import fused_vectors
 
     config, data, models = run
@@ -148,7 +148,7 @@ def test_fused_vectors_rebuilds_the_run_and_matches_collect_fused(run, tmp_path)
     for role, model in models.items():
         save_weights(model, run_dir / "checkpoints" / f"{role}_best.safetensors")
     out = fused_vectors(run_dir)
-    expected, labels = collect_fused(models["student"], data, "test", 64)
+    expected, labels = collect_features(models["student"], data, "test", 64)
     np.testing.assert_allclose(out["student"], expected, rtol=1e-5, atol=1e-6)
     assert out["teacher"].shape == (len(expected), 16)
     np.testing.assert_array_equal(out["labels"], labels["finding"])

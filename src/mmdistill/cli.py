@@ -63,13 +63,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from mmdistill.config import load_config
     from mmdistill.data.checks import check_images, summary
     from mmdistill.data.dataset import load_data
-    from mmdistill.train.pipeline import check_models, precomputed_teacher
+    from mmdistill.train.pipeline import check_models
 
     config = load_config(args.config, args.overrides)
     data = load_data(config)
     checked = check_images(config, data)
     check_models(config, data)
-    precomputed_teacher(config, data)
     print(summary(config, data, checked))
     return 0
 

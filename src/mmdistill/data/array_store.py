@@ -28,6 +28,17 @@ import numpy as np
 STORE_FILE = "store.json"
 
 
+def file_signature(path: Any) -> list[Any]:
+    """What a cache key records of an input file: path, size and mtime, not its contents (as
+    costly to hash as to decode). A missing file gets None and fails later, where its record
+    is named."""
+    try:
+        st = os.stat(path)
+        return [str(path), st.st_size, st.st_mtime_ns]
+    except (OSError, TypeError):
+        return [str(path), None, None]
+
+
 class ArrayStore:
     """Read side: rows of named arrays by index. Safe to use from DataLoader workers (each
     process opens its own file descriptors)."""

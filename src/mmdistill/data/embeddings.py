@@ -20,6 +20,7 @@ import numpy as np
 
 from mmdistill.config.schema import SPLITS, EmbeddingsSourceSpec, ExperimentConfig
 from mmdistill.data.rows import RawSplits
+from mmdistill.data.views import view_settings
 from mmdistill.data.table import read_split_file
 from mmdistill.errors import UserError
 from mmdistill.io import write_json_atomic
@@ -43,10 +44,13 @@ def read_embeddings_source(spec: EmbeddingsSourceSpec) -> RawSplits:
     return raw
 
 
-def view_settings(config: ExperimentConfig) -> dict[str, Any]:
-    """What decides which image a view is; the student's must equal the extraction's."""
-    augment = config.data.augment.model_dump(mode="json") if config.data.augment else None
-    return {"seed": config.seed if augment else None, "augment": augment}
+def teacher_modality(config: ExperimentConfig) -> str:
+    """The one teacher modality whose embedding the layout holds (`embedding:<modality>`)."""
+    if len(config.teacher.encoders) != 1:
+        raise UserError("teacher.encoders: with data.source: embeddings the teacher is one embedding per sample; "
+                        f"declare exactly one encoder (the one `mmdistill extract` runs), "
+                        f"not {len(config.teacher.encoders)}")
+    return next(iter(config.teacher.encoders))
 
 
 def load_teacher_embeddings(config: ExperimentConfig, sizes: dict[str, int]) -> dict[str, np.ndarray]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import time
@@ -32,7 +31,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from mmdistill.data.array_store import ArrayStore, StoreWriter
+from mmdistill.data.array_store import ArrayStore, StoreWriter, file_signature
 from mmdistill.data.images import SIXTEEN_BIT
 
 if TYPE_CHECKING:
@@ -67,14 +66,6 @@ def _paths(record: Any, name: str, spec: Any) -> list[str]:
     return [str(p) for p in value] if spec.kind == "stacked_image" else [str(value)]
 
 
-def _stat(path: str) -> list[Any]:
-    try:
-        st = os.stat(path)
-        return [path, st.st_size, st.st_mtime_ns]
-    except OSError:  # the build then fails with the record's origin in the message
-        return [path, None, None]
-
-
 def image_cache_key(dataset: "MultiModalDataset", name: str, spec: Any) -> str:
     """See the module docstring for what is hashed and what is deliberately not."""
     h = hashlib.sha256()
@@ -84,7 +75,7 @@ def image_cache_key(dataset: "MultiModalDataset", name: str, spec: Any) -> str:
         "channels": spec.channels, "size": spec.size, "samples": len(dataset.records),
     }, sort_keys=True).encode())
     for record in dataset.records:
-        h.update(json.dumps([_stat(p) for p in _paths(record, name, spec)]).encode())
+        h.update(json.dumps([file_signature(p) for p in _paths(record, name, spec)]).encode())
     return h.hexdigest()
 
 

@@ -10,10 +10,10 @@ that view is exactly what the teacher would have computed on the fly.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class ViewSampler(Sampler):
@@ -53,3 +53,21 @@ class ViewSampler(Sampler):
 
     def __len__(self) -> int:
         return len(self.base)
+
+
+def view_settings(config: Any) -> dict[str, Any]:
+    """What decides which image a view is, besides (sample, view): the augmentation, and the
+    seed only when there is one. Outputs computed per view (the teacher cache, extracted
+    embeddings) are valid for exactly these settings."""
+    augment = config.data.augment.model_dump(mode="json") if config.data.augment else None
+    return {"seed": config.seed if augment else None, "augment": augment}
+
+
+def view_batches(dataset: Dataset, views: int, batch_size: int, num_workers: int = 0) -> Iterator[dict[str, Any]]:
+    """Every (sample, view) of `dataset` in batches, view by view and samples in order: the pass
+    that computes a teacher's outputs once per view (the cache, `mmdistill extract`). The
+    loader has its own generator, because iterating one draws a seed, and such a pass must not
+    move the global RNG a student stage then trains with."""
+    for view in range(views):
+        yield from DataLoader(dataset, batch_size=batch_size, sampler=[(i, view) for i in range(len(dataset))],
+                              num_workers=num_workers, generator=torch.Generator().manual_seed(0))

@@ -24,8 +24,10 @@ TITLES = {"tsne": "t-SNE", "umap": "UMAP"}
 
 
 @torch.no_grad()
-def collect_fused(model: Any, data: Any, split: str, batch_size: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """([N, D] float32 fused vectors, {task: [N] labels}) of `split`, in dataset order.
+def collect_features(model: Any, data: Any, split: str, batch_size: int,
+                     ref: str = "fused") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """([N, D] float32 vectors of feature `ref`, {task: [N] labels}) of `split`, in dataset
+    order; `ref` as loss terms name features (`fused`, `embedding:<m>`, `projection:<m>`).
 
     Labels keep the dataset's dtypes (binary 0/1 floats, multiclass int64). The model is put in
     eval mode (no dropout, no modality masking) and given back in the mode it came in.
@@ -40,7 +42,7 @@ def collect_fused(model: Any, data: Any, split: str, batch_size: int) -> tuple[n
         for batch in data.loader(split, batch_size, shuffle=False, seed=0, modalities=set(model.modalities),
                                  augment=False):
             inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch["inputs"].items()}
-            vectors.append(model(inputs).fused.float().cpu().numpy())
+            vectors.append(model(inputs).feature(ref).float().cpu().numpy())
             for name in labels:
                 labels[name].append(batch["labels"][name].cpu().numpy())
     finally:
@@ -124,7 +126,7 @@ def write_run_plots(run_dir: Path, models: dict[str, Any], data: Any, batch_size
     task = data.tasks[0]
     written: list[Path] = []
     for role, model in models.items():
-        vectors, labels = collect_fused(model, data, split, batch_size)
+        vectors, labels = collect_features(model, data, split, batch_size)
         for method in methods:
             path = Path(run_dir) / "plots" / f"{method}_{role}.png"
             title = f"{TITLES[method]} of the {role}'s fused vectors ({split}, by {task.name})"

@@ -9,7 +9,7 @@ layout that defeats a linear head. Both are reported, with macro F1 as everywher
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -19,6 +19,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from mmdistill.models.net import TaskInfo
+
+if TYPE_CHECKING:
+    from mmdistill.data.dataset import DataBundle
 
 
 class _Constant:
@@ -73,11 +76,11 @@ def probe_scores(train_x: np.ndarray, train_y: dict[str, np.ndarray], eval_x: np
     return {"score": float(np.mean([m["f1_macro"] for m in per_task.values()])), "tasks": per_task}
 
 
-def probe_model(model, data, batch_size: int, fit_split: str = "train", eval_split: str = "test", k: int = 5,
-                seed: int = 0) -> dict[str, Any]:
-    """Probe a model's fused vectors: fit on `fit_split` (un-augmented), score on `eval_split`."""
-    from mmdistill.eval.embeddings import collect_fused
-
-    train_x, train_y = collect_fused(model, data, fit_split, batch_size)
-    eval_x, eval_y = collect_fused(model, data, eval_split, batch_size)
-    return probe_scores(train_x, train_y, eval_x, eval_y, data.tasks, k=k, seed=seed)
+def probe_splits(features: dict[str, np.ndarray], data: "DataBundle", seed: int) -> dict[str, Any]:
+    """{"dev": M, "test": M}: probes fit on `features["train"]`, scored on dev and test. Used
+    for a precomputed teacher (its embeddings are all there is of it) and for the student of a
+    feature-KD run, so both are scored by the same procedure on the same splits."""
+    labels = {split: {t.name: np.asarray(ds.labels[t.name]) for t in data.tasks} for split, ds in data.datasets.items()}
+    return {split: probe_scores(features["train"], labels["train"], features[split], labels[split], data.tasks,
+                                seed=seed)
+            for split in ("dev", "test")}

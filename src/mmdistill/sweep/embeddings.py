@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mmdistill.eval.embeddings import collect_fused, tsne_2d
+from mmdistill.eval.embeddings import collect_features, tsne_2d
 
 __all__ = ["fused_vectors", "tsne_2d"]
 
@@ -35,7 +35,7 @@ def fused_vectors(run_dir: Path) -> dict[str, Any]:
     for role, path in checkpoints.items():
         model = build_model(config, role, data)
         load_weights(model, Path(path), f"{role} checkpoint")
-        out[role], labels = collect_fused(model, data, "test", 64)
+        out[role], labels = collect_features(model, data, "test", 64)
         out["labels"] = labels[task.name].astype("int64")
     out["classes"] = list(task.classes)
     out["task"] = task.name

@@ -10,18 +10,17 @@ and what is stored is that encoder's embedding, the `embedding:<modality>` featu
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mmdistill import __version__
 from mmdistill.config.schema import SPLITS, ExperimentConfig
 from mmdistill.data.dataset import load_data
-from mmdistill.data.embeddings import SPLIT_DIRS, split_dir, view_settings, write_split_embeddings
+from mmdistill.data.views import view_batches, view_settings
+from mmdistill.data.embeddings import SPLIT_DIRS, split_dir, teacher_modality, write_split_embeddings
 from mmdistill.errors import UserError
 from mmdistill.train.checkpoints import load_weights
 from mmdistill.train.pipeline import build_model
@@ -32,9 +31,7 @@ def extract_embeddings(config: ExperimentConfig) -> dict[str, Path]:
     if config.data.source != "embeddings":
         raise UserError(f"data.source: extract writes the embeddings layout; it needs source: embeddings "
                         f"(samples.csv per split), not {config.data.source!r}")
-    if len(config.teacher.encoders) != 1:
-        raise UserError("teacher.encoders: extract stores one embedding per sample; declare exactly one encoder")
-    modality = next(iter(config.teacher.encoders))
+    modality = teacher_modality(config)
     data = load_data(config)
     torch.manual_seed(config.seed)
     teacher = build_model(config, "teacher", data)
@@ -45,19 +42,15 @@ def extract_embeddings(config: ExperimentConfig) -> dict[str, Path]:
     for split in SPLITS:
         dataset = data.datasets[split].select({modality})
         views = config.data.num_views if split == "train" else 1
-        parts = []
+        rows = []
         bar = tqdm(total=len(dataset) * views, desc=f"extracting {SPLIT_DIRS[split]}", unit="sample",
                    disable=not config.logging.progress_bar)
-        for view in range(views):
-            loader = DataLoader(dataset, batch_size=config.training.teacher.batch_size,
-                                sampler=[(i, view) for i in range(len(dataset))], num_workers=config.data.num_workers)
-            rows = []
-            for batch in loader:
-                rows.append(teacher(batch["inputs"]).embeddings[modality].float().numpy())
-                bar.update(len(batch["index"]))
-            parts.append(np.concatenate(rows))
+        for batch in view_batches(dataset, views, config.training.teacher.batch_size, config.data.num_workers):
+            rows.append(teacher(batch["inputs"]).embeddings[modality].float().numpy())
+            bar.update(len(batch["index"]))
         bar.close()
-        array = np.stack(parts, axis=1).astype(np.float32)  # [samples, views, dim]
+        # rows come view by view: [views * samples, dim] -> [samples, views, dim]
+        array = np.concatenate(rows).reshape(views, len(dataset), -1).transpose(1, 0, 2).astype(np.float32)
         meta = {"num_views": views, "embedding_dim": int(array.shape[2]), "modality": modality,
                 "teacher": config.teacher.model_dump(mode="json"),
                 "resolution": getattr(config.data.modalities[modality], "size", None),

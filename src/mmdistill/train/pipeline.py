@@ -20,7 +20,8 @@ from mmdistill.config.schema import ExperimentConfig
 from mmdistill.data.dataset import DataBundle, class_counts, load_data
 from mmdistill.errors import UserError
 from mmdistill.data.stats import image_stats
-from mmdistill.eval.embeddings import write_run_plots
+from mmdistill.eval.embeddings import collect_features, write_run_plots
+from mmdistill.eval.probe import probe_splits
 from mmdistill.eval.plots import plot_confusion, plot_curves, plot_stage_curves
 from mmdistill.io import write_json_atomic, write_text_atomic
 from mmdistill.losses.objective import Objective, build_objective
@@ -28,8 +29,7 @@ from mmdistill.models.net import MultiModalNet
 from mmdistill.sweep.hashing import config_hash, teacher_hash
 from mmdistill.train.checkpoints import load_weights
 from mmdistill.train.recorder import MetricsLog
-from mmdistill.data.embeddings import load_teacher_embeddings
-from mmdistill.train.feature_eval import model_features, probe_splits
+from mmdistill.data.embeddings import load_teacher_embeddings, teacher_modality
 from mmdistill.train.stage import StageResult, evaluate_only, train_stage
 from mmdistill.train.teacher_cache import PrecomputedTeacher
 
@@ -44,21 +44,6 @@ def attach_caches(data: DataBundle, config: ExperimentConfig, modalities: set[st
     return data
 
 
-def precomputed_teacher(config: ExperimentConfig, data: DataBundle) -> PrecomputedTeacher | None:
-    """For `data.source: embeddings`, the teacher read from its extracted embeddings (checked:
-    files, shapes, view settings, and that the objective reads only what they hold)."""
-    if config.data.source != "embeddings":
-        return None
-    if len(config.teacher.encoders) != 1:
-        raise UserError("teacher.encoders: with data.source: embeddings the teacher is one embedding per sample; "
-                        f"declare exactly one encoder (the one `mmdistill extract` runs), not {len(config.teacher.encoders)}")
-    splits = load_teacher_embeddings(config, {s: len(ds) for s, ds in data.datasets.items()})
-    teacher = PrecomputedTeacher(splits, next(iter(config.teacher.encoders)))
-    build_objective(config.objective.preset, config.objective.terms, data.tasks, build_model(config, "student", data),
-                    teacher)
-    return teacher
-
-
 def load_run_data(config: ExperimentConfig) -> DataBundle:
     return attach_caches(load_data(config), config)
 
@@ -69,16 +54,20 @@ def build_model(config: ExperimentConfig, role: str, data: DataBundle) -> MultiM
     return MultiModalNet(spec, modalities, data.tasks, data.embedding_dims, key=role)
 
 
-def check_models(config: ExperimentConfig, data: DataBundle) -> MultiModalNet | None:
-    """Build teacher and student once and the objective between them, so unknown backbone
-    names, unreachable weights and terms whose features are missing fail before any
-    training; returns the teacher (seeded), which the run then uses. A precomputed teacher
-    (`data.source: embeddings`) is not built: a run needs only its embeddings, not its weights."""
+def check_models(config: ExperimentConfig, data: DataBundle) -> MultiModalNet | PrecomputedTeacher:
+    """Build the teacher, the student and the objective between them once, so unknown backbone
+    names, unreachable weights and terms whose features are missing fail before any training;
+    returns the run's teacher (seeded). A precomputed teacher (`data.source: embeddings`) is
+    its extracted embeddings, checked here (files, shapes, view settings, and that the
+    objective reads only what they hold) and never built: a run needs no teacher weights."""
     L.seed_everything(config.seed, workers=True, verbose=False)
+    teacher: MultiModalNet | PrecomputedTeacher
     if config.data.source == "embeddings":
-        build_model(config, "student", data)
-        return None
-    teacher = build_model(config, "teacher", data)
+        modality = teacher_modality(config)
+        splits = load_teacher_embeddings(config, {s: len(ds) for s, ds in data.datasets.items()})
+        teacher = PrecomputedTeacher(splits, modality)
+    else:
+        teacher = build_model(config, "teacher", data)
     build_objective(config.objective.preset, config.objective.terms, data.tasks, build_model(config, "student", data), teacher)
     return teacher
 
@@ -118,7 +107,7 @@ def run_experiment(config: ExperimentConfig, overwrite: bool = False, run_dir: P
     started = time.perf_counter()
     data = load_data(config)
     teacher = check_models(config, data)
-    precomputed = precomputed_teacher(config, data)
+    precomputed = teacher if isinstance(teacher, PrecomputedTeacher) else None
     run_dir = prepare_run_dir(config, overwrite, run_dir)
     attach_caches(data, config, set(config.student.encoders) if precomputed is not None else None)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
@@ -158,15 +147,14 @@ def run_experiment(config: ExperimentConfig, overwrite: bool = False, run_dir: P
     if not teacher_only:
         L.seed_everything(config.seed, workers=True, verbose=False)
         student = build_model(config, "student", data)
-        source = precomputed if precomputed is not None else teacher
-        objective = build_objective(config.objective.preset, config.objective.terms, data.tasks, student, source)
+        objective = build_objective(config.objective.preset, config.objective.terms, data.tasks, student, teacher)
         objective.set_dataset_size(len(data.datasets["train"]))
         objective.set_class_counts(counts)
         stages["student"] = train_stage("student", config, config.training.student, student, objective, data, log,
-                                        run_dir / "checkpoints" / "student_best.safetensors", teacher=source)
+                                        run_dir / "checkpoints" / "student_best.safetensors", teacher=teacher)
         if precomputed is not None:  # the student's representation, scored as the teacher's was
             ref = next((r for t in objective.terms for role, r in t.features() if role == "student"), "fused")
-            features = {s: model_features(student, data, s, ref, config.training.student.batch_size)
+            features = {s: collect_features(student, data, s, config.training.student.batch_size, ref)[0]
                         for s in data.datasets}
             results["probe"]["student"] = {"feature": ref, **probe_splits(features, data, config.seed)}
     if config.training.baseline and not teacher_only:
@@ -182,7 +170,7 @@ def run_experiment(config: ExperimentConfig, overwrite: bool = False, run_dir: P
         _write_confusions(run_dir, name, result, config.logging.plots)
     timing["total"] = round(time.perf_counter() - started, 3)
     results["timing"] = timing
-    results["params"] = {"teacher": teacher.num_parameters() if teacher is not None else None}
+    results["params"] = {"teacher": teacher.num_parameters() if precomputed is None else None}
     if student is not None:
         results["params"]["student"] = student.num_parameters()
     results["tasks"] = {t.name: {"type": t.type, "classes": list(t.classes)} for t in data.tasks}
@@ -192,7 +180,7 @@ def run_experiment(config: ExperimentConfig, overwrite: bool = False, run_dir: P
         plot_curves(log.rows, run_dir / "plots" / "curves.png")
         plot_stage_curves(log.rows, run_dir / "plots")
     if config.logging.plots:  # seed 002's t-SNE / UMAP of each model's fused test vectors
-        roles = {"teacher": teacher, "student": student}
+        roles = {"teacher": None if precomputed is not None else teacher, "student": student}
         write_run_plots(run_dir, {r: m for r, m in roles.items() if m is not None}, data,
                         batch_size=config.training.student.batch_size)
     # what a sweep compares to decide whether this run is finished (mmdistill/sweep/hashing.py)

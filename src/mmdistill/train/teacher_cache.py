@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -28,12 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mmdistill.config.schema import ExperimentConfig
-from mmdistill.data.array_store import ArrayStore, StoreWriter
+from mmdistill.data.array_store import ArrayStore, StoreWriter, file_signature
 from mmdistill.data.dataset import DataBundle
+from mmdistill.data.views import view_batches, view_settings
+from mmdistill.errors import UserError
 from mmdistill.losses.objective import Objective
 from mmdistill.models.net import ModelOutput, MultiModalNet
 
@@ -79,14 +79,6 @@ def _outputs(out: ModelOutput, fields: list[str]) -> dict[str, torch.Tensor]:
     return flat
 
 
-def _file_stat(path: Any) -> list[Any]:
-    try:
-        st = os.stat(path)
-        return [str(path), st.st_size, st.st_mtime_ns]
-    except (OSError, TypeError):
-        return [str(path)]
-
-
 def _hash_value(h: "hashlib._Hash", value: Any) -> None:
     if isinstance(value, np.ndarray):
         h.update(value.tobytes())
@@ -110,14 +102,13 @@ def cache_key(config: ExperimentConfig, teacher: MultiModalNet, data: DataBundle
     reads = list(config.teacher.encoders)
     specs = {m: config.data.modalities[m] for m in reads}
     dataset = data.datasets["train"]
-    augment = config.data.augment.model_dump(mode="json") if config.data.augment else None
     h = hashlib.sha256()
     h.update(json.dumps({
         "format": 1,
         "teacher": config.teacher.model_dump(mode="json", exclude={"checkpoint"}),
         "modalities": {m: s.model_dump(mode="json") for m, s in specs.items()},
         "tasks": [[t.name, t.type, list(t.classes)] for t in data.tasks],
-        "views": config.data.views, "augment": augment, "seed": config.seed if augment else None,
+        "views": config.data.views, **view_settings(config),
         "fields": fields, "dtype": config.cache.teacher_dtype, "samples": len(dataset),
     }, sort_keys=True, default=str).encode())
     h.update(weights_digest(teacher).encode())
@@ -125,7 +116,7 @@ def cache_key(config: ExperimentConfig, teacher: MultiModalNet, data: DataBundle
         for m in reads:
             value = record.values[m]
             if specs[m].kind in ("image", "stacked_image"):
-                value = [_file_stat(p) for p in (value if isinstance(value, (list, tuple)) else [value])]
+                value = [file_signature(p) for p in (value if isinstance(value, (list, tuple)) else [value])]
             _hash_value(h, value)
     return h.hexdigest()[:24]
 
@@ -153,25 +144,28 @@ def build_teacher_store(path: Path, key: str, config: ExperimentConfig, teacher:
         with StoreWriter(path, key, {"fields": fields, "views": views, "samples": n}) as writer:
             bar = tqdm(total=n * views, desc="caching teacher outputs", unit="sample",
                        disable=not config.logging.progress_bar)
-            for view in range(views):
-                # its own generator: building must not move the global RNG the student then uses
-                loader = DataLoader(dataset, batch_size=batch_size, sampler=[(i, view) for i in range(n)],
-                                    num_workers=config.data.num_workers, generator=torch.Generator().manual_seed(0))
-                for batch in loader:
-                    inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch["inputs"].items()}
-                    flat = _outputs(teacher(inputs), fields)
-                    if not names:  # declare once the shapes are known
-                        for j, (name, value) in enumerate(sorted(flat.items())):
-                            names[name] = f"f{j}"
-                            writer.declare(f"f{j}", (views * n, *value.shape[1:]), dtype)
-                        writer.info["arrays_by_field"] = names
-                    for name, value in flat.items():
-                        writer.append(names[name], value.float().cpu().numpy())
-                    bar.update(len(batch["index"]))
+            for batch in view_batches(dataset, views, batch_size, config.data.num_workers):
+                inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch["inputs"].items()}
+                flat = _outputs(teacher(inputs), fields)
+                if not names:  # declare once the shapes are known
+                    for j, (name, value) in enumerate(sorted(flat.items())):
+                        names[name] = f"f{j}"
+                        writer.declare(f"f{j}", (views * n, *value.shape[1:]), dtype)
+                    writer.info["arrays_by_field"] = names
+                for name, value in flat.items():
+                    writer.append(names[name], value.float().cpu().numpy())
+                bar.update(len(batch["index"]))
             bar.close()
             return writer.commit()
     finally:
         teacher.cpu().train(was_training)
+
+
+def _sample_views(batch: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, torch.device]:
+    """The batch's sample indices and views (view 0 without one), and the device it is on."""
+    index = batch["index"].cpu().numpy().astype(np.int64)
+    view = batch["view"].cpu().numpy().astype(np.int64) if "view" in batch else np.zeros_like(index)
+    return index, view, next(iter(batch["labels"].values())).device
 
 
 class CachedTeacher(nn.Module):
@@ -185,10 +179,8 @@ class CachedTeacher(nn.Module):
         self.by_field: dict[str, str] = store.meta["arrays_by_field"]
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
-        index = batch["index"].cpu().numpy().astype(np.int64)
-        view = batch["view"].cpu().numpy().astype(np.int64) if "view" in batch else np.zeros_like(index)
+        index, view, device = _sample_views(batch)
         rows = view * self.samples + index
-        device = next(iter(batch["labels"].values())).device
         out = ModelOutput(logits={})
         for field, array in self.by_field.items():
             value = torch.from_numpy(self.store.read(array, rows)).to(device=device, dtype=torch.float32)
@@ -234,24 +226,19 @@ class PrecomputedTeacher(nn.Module):
         """`splits`: {split: [samples, views, dim]}; the student stage reads train."""
         super().__init__()
         self.splits = splits
-        self.embeddings = splits["train"]
         self.modality = modality
         self.want_feature_maps: set[str] = set()
 
     def feature_dim(self, ref: str) -> int:
         if ref != f"embedding:{self.modality}":
-            from mmdistill.errors import UserError
-
             raise UserError(f"the teacher is precomputed embeddings (data.source: embeddings); terms can read only "
                             f"teacher: embedding:{self.modality}, not {ref!r}")
-        return int(self.embeddings.shape[-1])
+        return int(self.splits["train"].shape[-1])
 
     def has_feature_map(self, modality: str) -> bool:
         return False
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
-        index = batch["index"].cpu().numpy().astype(np.int64)
-        view = batch["view"].cpu().numpy().astype(np.int64) if "view" in batch else np.zeros_like(index)
-        device = next(iter(batch["labels"].values())).device
-        rows = torch.from_numpy(np.asarray(self.embeddings[index, view], dtype=np.float32)).to(device)
+        index, view, device = _sample_views(batch)
+        rows = torch.from_numpy(np.asarray(self.splits["train"][index, view], dtype=np.float32)).to(device)
         return ModelOutput(logits={}, embeddings={self.modality: rows})
