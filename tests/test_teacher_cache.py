@@ -4,6 +4,7 @@ with what the outputs depend on, and damaged stores that are rebuilt rather than
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 
@@ -212,3 +213,44 @@ def test_no_teacher_cache_flag_turns_the_cache_off():
     args = build_parser().parse_args(["run", "c.yaml", "--no-teacher-cache", "--set", "seed=1"])
     assert _overrides(args) == ["seed=1", "cache.teacher=false"]
     assert _overrides(build_parser().parse_args(["sweep", "c.yaml"])) == []
+
+
+def test_a_checkpointed_teachers_scores_are_computed_once_per_weights_and_data(demo_root, tmp_path, monkeypatch):
+    from mmdistill.train import teacher_scores
+
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    first = _config(root, tmp_path / "out")
+    run_experiment(first)  # trains the teacher, whose checkpoint the next runs load
+    weights = first.run_dir / "checkpoints" / "teacher_best.safetensors"
+    trained = json.loads((first.run_dir / "results.json").read_text())["teacher"]
+
+    evaluations = []
+    real = teacher_scores.evaluate_only
+    monkeypatch.setattr(teacher_scores, "evaluate_only", lambda *a: evaluations.append(1) or real(*a))
+
+    def run(config_dir, **cache):
+        config = _config(root, tmp_path / "out", **cache).model_copy(deep=True)
+        config.teacher.checkpoint = weights
+        config.experiment_name = config_dir
+        return run_experiment(config)["teacher"]
+
+    scored = run("a")  # the training run stored its teacher's scores under the checkpoint's key
+    assert evaluations == [] and scored["dev"] == trained["dev"] and scored["test"] == trained["test"]
+    assert run("b", teacher=False) == scored and len(evaluations) == 1  # --no-teacher-cache evaluates
+    assert run("c") == scored and len(evaluations) == 1
+
+    stored = next((tmp_path / "out" / "cache" / "teacher_scores").glob("*.json"))
+    stored.write_text('{"key": "trunc')  # a damaged file is recomputed, then rewritten whole
+    assert run("d") == scored and len(evaluations) == 2
+    assert json.loads(stored.read_text())["dev"]["score"] == scored["dev"]["score"]
+
+    rows = list(csv.DictReader(open(root / "dev.csv")))  # a dev file changes: a new key
+    rows[0]["image"], rows[1]["image"] = rows[1]["image"], rows[0]["image"]
+    with open(root / "dev.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    run("e")
+    assert len(evaluations) == 3
+    assert len(list((tmp_path / "out" / "cache" / "teacher_scores").glob("*.json"))) == 2

@@ -30,8 +30,9 @@ from mmdistill.sweep.hashing import config_hash, teacher_hash
 from mmdistill.train.checkpoints import load_weights
 from mmdistill.train.recorder import MetricsLog
 from mmdistill.data.embeddings import load_teacher_embeddings, teacher_modality
-from mmdistill.train.stage import StageResult, evaluate_only, train_stage
+from mmdistill.train.stage import StageResult, train_stage
 from mmdistill.train.teacher_cache import PrecomputedTeacher
+from mmdistill.train.teacher_scores import evaluate_teacher, remember_teacher_scores
 
 
 def attach_caches(data: DataBundle, config: ExperimentConfig, modalities: set[str] | None = None) -> DataBundle:
@@ -136,11 +137,12 @@ def run_experiment(config: ExperimentConfig, overwrite: bool = False, run_dir: P
         results["probe"] = {"teacher": probe}
     elif config.teacher.checkpoint is not None:
         load_weights(teacher, config.teacher.checkpoint, "teacher.checkpoint")
-        stages = {"teacher": evaluate_only(teacher, data, config.training.teacher.batch_size)}
+        stages = {"teacher": evaluate_teacher(config, teacher, data)}
         results["teacher_checkpoint"] = str(config.teacher.checkpoint)
     else:
         stages = {"teacher": train_stage("teacher", config, config.training.teacher, teacher, supervised(teacher), data,
                                          log, run_dir / "checkpoints" / "teacher_best.safetensors", fresh_views=True)}
+        remember_teacher_scores(config, teacher, data, stages["teacher"])
 
     # Stage 2: the KD student, and the same student trained without the teacher.
     student = None

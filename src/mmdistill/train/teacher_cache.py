@@ -97,27 +97,38 @@ def weights_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def cache_key(config: ExperimentConfig, teacher: MultiModalNet, data: DataBundle, fields: list[str]) -> str:
-    """See the module docstring for what is hashed, and why each part is there."""
+def teacher_digest(config: ExperimentConfig, teacher: MultiModalNet, data: DataBundle,
+                   splits: tuple[str, ...]) -> "hashlib._Hash":
+    """A hash of what any teacher output on `splits` depends on: the teacher's architecture and
+    weights, its modality settings (with the mean/std actually used, which `mean: dataset`
+    derives from train), whether inputs come through the 8-bit image cache, the tasks, and every
+    record of those splits the teacher reads (image files by size and mtime)."""
     reads = list(config.teacher.encoders)
     specs = {m: config.data.modalities[m] for m in reads}
-    dataset = data.datasets["train"]
     h = hashlib.sha256()
     h.update(json.dumps({
-        "format": 1,
         "teacher": config.teacher.model_dump(mode="json", exclude={"checkpoint"}),
-        "modalities": {m: s.model_dump(mode="json") for m, s in specs.items()},
+        "modalities": {m: data.modalities[m].model_dump(mode="json") for m in reads},
+        "image_cache": config.cache.images,
         "tasks": [[t.name, t.type, list(t.classes)] for t in data.tasks],
-        "views": config.data.views, **view_settings(config),
-        "fields": fields, "dtype": config.cache.teacher_dtype, "samples": len(dataset),
+        "samples": {s: len(data.datasets[s]) for s in splits},
     }, sort_keys=True, default=str).encode())
     h.update(weights_digest(teacher).encode())
-    for record in dataset.records:
-        for m in reads:
-            value = record.values[m]
-            if specs[m].kind in ("image", "stacked_image"):
-                value = [file_signature(p) for p in (value if isinstance(value, (list, tuple)) else [value])]
-            _hash_value(h, value)
+    for split in splits:
+        for record in data.datasets[split].records:
+            for m in reads:
+                value = record.values[m]
+                if specs[m].kind in ("image", "stacked_image"):
+                    value = [file_signature(p) for p in (value if isinstance(value, (list, tuple)) else [value])]
+                _hash_value(h, value)
+    return h
+
+
+def cache_key(config: ExperimentConfig, teacher: MultiModalNet, data: DataBundle, fields: list[str]) -> str:
+    """See the module docstring for what is hashed, and why each part is there."""
+    h = teacher_digest(config, teacher, data, ("train",))
+    h.update(json.dumps({"format": 2, "views": config.data.views, **view_settings(config), "fields": fields,
+                         "dtype": config.cache.teacher_dtype}, sort_keys=True, default=str).encode())
     return h.hexdigest()[:24]
 
 
