@@ -1,14 +1,20 @@
 """What distillation costs on top of training the student alone, with and without the
 teacher-output cache, measured in one run on the same data.
 
-    .venv/bin/python benchmarks/kd_overhead.py [--train 384] [--epochs 3] [--grid-epochs 3]
+    .venv/bin/python benchmarks/kd_overhead.py [--train 384] [--epochs 2] [--repeats 4] [--grid-epochs 3]
 
-1. Seconds per training epoch (validation excluded; the median of the epochs after the first)
-   of a tiny_cnn student at 128 px trained alone, with KD from the cache, and with KD running a
-   ResNet-50-sized teacher every step; and the two ratios to the student alone.
-2. The wall time of a 3-loss-variant x 3-seed grid (one teacher per seed, as a sweep shares
-   them) with and without the cache, cache building included; `grid_speedup` is their ratio.
-   The ideal is `ratio_onthefly_vs_alone` (a KD run as cheap as the student alone).
+1. Seconds per training epoch (validation excluded) of a tiny_cnn student at 128 px trained
+   alone, with KD from the cache, and with KD running a ResNet-50-sized teacher every step. The
+   speed of this shared 2-core VM drifts by up to 40% over minutes (the same stage, same seed,
+   took 8.8 s per epoch in one minute and 12.5 s in another), far more than the cost being
+   measured. So the three modes run back to back in `--repeats` rounds, each round in a
+   rotated order; a ratio is taken within each round, where the three runs saw the same
+   machine, and the reported ratio is the median over rounds.
+2. The wall time of a 3-loss-variant x 3-seed grid (one teacher checkpoint per seed, as a sweep
+   shares them) with and without the caches, cache building included; `grid_speedup` is their
+   ratio. Each grid run is timed with the cache and on the fly (alternately first) before
+   the next one starts, again so that drift falls on both arms. The ideal is `ratio_onthefly_vs_alone`:
+   every KD run as cheap as the student alone.
 3. Peak RSS of a KD student stage reading a cache of N and of 10 N samples (fresh processes),
    which should be equal: the caches are read by offset, not mapped (data/array_store.py).
 
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -99,14 +106,24 @@ def epoch_seconds(config: ExperimentConfig, mode: str, out: Path) -> dict[str, A
     return {"epochs": seconds, "per_epoch": statistics.median(seconds[1:] or seconds), "build": build}
 
 
-def run_grid(root: Path, out: Path, args: argparse.Namespace, teachers: dict[int, Path], cache: bool) -> float:
-    start = time.perf_counter()
+def run_grid(root: Path, out: Path, args: argparse.Namespace, teachers: dict[int, Path]) -> dict[bool, float]:
+    """Seconds of the whole grid with the caches (True; built from empty, inside the timing)
+    and on the fly (False), the two arms interleaved run by run."""
+    shutil.rmtree(out, ignore_errors=True)
+    total = {True: 0.0, False: 0.0}
+    pairs = 0
     for seed in SEEDS:
         for preset in PRESETS:
-            config = make_config(root, out, args.size, args.teacher, args.grid_epochs, seed, preset, cache,
-                                 teachers[seed], name=f"{preset}_seed{seed}")
-            run_experiment(config, overwrite=True)
-    return time.perf_counter() - start
+            pairs += 1
+            for cache in ((True, False) if pairs % 2 else (False, True)):  # neither arm always goes first
+                config = make_config(root, out / ("cache" if cache else "onthefly"), args.size, args.teacher,
+                                     args.grid_epochs, seed, preset, cache, teachers[seed], name=f"{preset}_seed{seed}")
+                start = time.perf_counter()
+                run_experiment(config, overwrite=True)
+                total[cache] += time.perf_counter() - start
+                print(f"  grid run {preset} seed {seed} {'cache' if cache else 'on the fly'}: "
+                      f"{time.perf_counter() - start:.1f} s", flush=True)
+    return total
 
 
 def rss_child(args: argparse.Namespace) -> None:
@@ -141,7 +158,8 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=384, help="train samples")
     parser.add_argument("--size", type=int, default=128, help="image resolution of teacher and student")
     parser.add_argument("--teacher", default="resnet50", help="timm teacher (random init)")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per timed student stage")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per timed student stage")
+    parser.add_argument("--repeats", type=int, default=4, help="rounds of the three timed modes")
     parser.add_argument("--grid-epochs", type=int, default=3, help="student epochs per grid run")
     parser.add_argument("--rss-samples", type=int, default=200, help="N for the N vs 10 N peak-RSS comparison")
     parser.add_argument("--rss-size", type=int, default=32, help="image size of the RSS runs (cost only)")
@@ -161,26 +179,38 @@ def main() -> None:
     kd = make_config(root, work, args.size, args.teacher, args.epochs, checkpoint=teachers[0])
     print(f"teacher {args.teacher} ({args.size} px), student tiny_cnn, {args.train} train samples", flush=True)
 
-    times = {}
-    for mode in ("alone", "cache", "onthefly"):
-        config = kd.model_copy(update={"cache": kd.cache.model_copy(update={"teacher": mode != "onthefly"})})
-        times[mode] = epoch_seconds(config, mode, work)
-        print(f"{mode:>9}: {times[mode]['per_epoch']:.2f} s/epoch (epochs: "
-              f"{', '.join(f'{s:.2f}' for s in times[mode]['epochs'])})", flush=True)
-    print(f"cache build (one teacher pass over {args.train} samples): {times['cache']['build']:.2f} s")
-    ratio_cache = times["cache"]["per_epoch"] / times["alone"]["per_epoch"]
-    ratio_live = times["onthefly"]["per_epoch"] / times["alone"]["per_epoch"]
+    shutil.rmtree(work / "cache", ignore_errors=True)  # the build is timed from empty
+    modes = ["alone", "cache", "onthefly"]
+    epochs: dict[str, list[float]] = {m: [] for m in modes}
+    ratios: dict[str, list[float]] = {"cache": [], "onthefly": []}
+    build = 0.0
+    for round_ in range(args.repeats):
+        this_round = {}
+        for mode in modes[round_ % 3:] + modes[:round_ % 3]:
+            config = kd.model_copy(update={"cache": kd.cache.model_copy(update={"teacher": mode != "onthefly"})})
+            result = epoch_seconds(config, mode, work)
+            this_round[mode] = statistics.median(result["epochs"])
+            epochs[mode] += result["epochs"]
+            build = max(build, result["build"])  # the first cache round builds, the others reuse
+            print(f"round {round_ + 1} {mode:>9}: epochs {', '.join(f'{s:.2f}' for s in result['epochs'])} s",
+                  flush=True)
+        for mode in ratios:
+            ratios[mode].append(this_round[mode] / this_round["alone"])
+    for mode in modes:
+        print(f"{mode:>9}: {statistics.median(epochs[mode]):.2f} s/epoch (median of {len(epochs[mode])} epochs, "
+              f"range {min(epochs[mode]):.2f}-{max(epochs[mode]):.2f})")
+    for mode, values in ratios.items():
+        print(f"{mode} / alone, round by round: {', '.join(f'{r:.3f}' for r in values)}")
+    print(f"cache build (one teacher pass over {args.train} samples): {build:.2f} s")
+    ratio_cache = statistics.median(ratios["cache"])
+    ratio_live = statistics.median(ratios["onthefly"])
 
     grid_speedup = float("nan")
     if not args.skip_grid:
-        import shutil
-
-        shutil.rmtree(work / "cache", ignore_errors=True)  # the grid builds its own caches, and is timed doing it
-        with_cache = run_grid(root, work / "grid_cache", args, teachers, cache=True)
-        without = run_grid(root, work / "grid_onthefly", args, teachers, cache=False)
-        grid_speedup = without / with_cache
+        total = run_grid(root, work / "grid", args, teachers)
+        grid_speedup = total[False] / total[True]
         print(f"grid {len(PRESETS)} loss variants x {len(SEEDS)} seeds, {args.grid_epochs} epochs: "
-              f"{with_cache:.1f} s with the cache, {without:.1f} s on the fly", flush=True)
+              f"{total[True]:.1f} s with the cache, {total[False]:.1f} s on the fly", flush=True)
 
     small = rss_for(args.rss_samples, args, work)
     large = rss_for(10 * args.rss_samples, args, work)
