@@ -164,6 +164,7 @@ def main() -> None:
     parser.add_argument("--rss-samples", type=int, default=200, help="N for the N vs 10 N peak-RSS comparison")
     parser.add_argument("--rss-size", type=int, default=32, help="image size of the RSS runs (cost only)")
     parser.add_argument("--skip-grid", action="store_true")
+    parser.add_argument("--skip-rss", action="store_true")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -212,12 +213,13 @@ def main() -> None:
         print(f"grid {len(PRESETS)} loss variants x {len(SEEDS)} seeds, {args.grid_epochs} epochs: "
               f"{total[True]:.1f} s with the cache, {total[False]:.1f} s on the fly", flush=True)
 
-    small = rss_for(args.rss_samples, args, work)
-    large = rss_for(10 * args.rss_samples, args, work)
-    print(f"peak RSS of the KD student stage: {small:.0f} MiB with {args.rss_samples} cached samples, "
-          f"{large:.0f} MiB with {10 * args.rss_samples} ({large / small:.3f}x)")
+    if not args.skip_rss:
+        small = rss_for(args.rss_samples, args, work)
+        large = rss_for(10 * args.rss_samples, args, work)
+        print(f"peak RSS of the KD student stage: {small:.0f} MiB with {args.rss_samples} cached samples, "
+              f"{large:.0f} MiB with {10 * args.rss_samples} ({large / small:.3f}x)")
+        print(f"rss_ratio_10x={large / small:.4f}")
     print(f"peak_rss_mib={peak_rss_mib():.0f}")
-    print(f"rss_ratio_10x={large / small:.4f}")
     print(f"ratio_cache_vs_alone={ratio_cache:.4f}")
     print(f"ratio_onthefly_vs_alone={ratio_live:.4f}")
     print(f"grid_speedup={grid_speedup:.4f}")

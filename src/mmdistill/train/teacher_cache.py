@@ -59,10 +59,11 @@ class FrozenTeacher(nn.Module):
 
 
 def teacher_fields(objective: Objective) -> list[str]:
-    """What the objective reads from the teacher: every task's logits (small, and what logit
-    KD reads) plus each teacher feature reference of its terms (`fused`, `projection:<m>`,
-    `embedding:<m>`, `feature_map:<m>`)."""
-    fields = {"logits"}
+    """What the cache stores for this objective: every task's logits and the fused vector, always
+    (both small; between them they serve every built-in preset, so a grid over presets builds
+    one store per teacher, not one per preset), plus each other teacher feature its terms name
+    (`projection:<m>`, `embedding:<m>`, `feature_map:<m>`)."""
+    fields = {"logits", "fused"}
     for term in objective.terms:
         fields.update(ref for role, ref in term.features() if role == "teacher")
     return sorted(fields)
