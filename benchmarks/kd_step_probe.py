@@ -1,7 +1,8 @@
 """Is a KD-from-cache step dearer than a student-alone step? Interleaved, repeated, same batches.
 
-Epoch times in kd_overhead.py vary by up to 20% on this 2-core machine, so its sequential
-per-mode medians cannot resolve a few percent. This script runs the identical 6 batches as
+The speed of this 2-core VM drifts by up to 40% over minutes; kd_overhead.py copes by taking
+its ratios within rounds of whole stages, which still leaves a few percent of noise. This
+script goes finer, to the step: it runs the identical 6 batches as
 plain training steps of the same student, alternating "alone" (task loss) and "cache" (KD
 objective, teacher outputs read from the cache), three times, and also times the cache reads
 on their own. Run benchmarks/kd_overhead.py first (it writes the data and teacher used here).
