@@ -594,6 +594,8 @@ class CacheSpec(Strict):
     teacher: bool = Field(True, description="compute the frozen teacher's outputs once per (sample, view) "
                                             "before the KD student stage; false runs the teacher every step")
     teacher_dtype: Literal["float16", "float32"] = "float16"
+    text: bool = Field(True, description="keep frozen text encoders' vectors on disk, computed once per "
+                                         "encoder weights and text set, for every later run to read")
 
 
 class ExperimentConfig(Strict):

@@ -17,15 +17,18 @@ the whole cache size over an epoch; reading by offset keeps it flat however larg
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 STORE_FILE = "store.json"
+
+log = logging.getLogger(__name__)
 
 
 def file_signature(path: Any) -> list[Any]:
@@ -177,3 +180,17 @@ class StoreWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+
+
+def open_or_build(path: Path, key: str, build: Callable[[], ArrayStore], what: str,
+                  valid: Callable[[ArrayStore], bool] | None = None) -> tuple[ArrayStore, bool]:
+    """The complete store keyed `key` at `path`, or, when it is missing, stale, damaged or not
+    `valid`, whatever is there removed (with a warning naming `what`) and `build()`'s store;
+    the flag says whether it was built."""
+    store = ArrayStore.open(path, key)
+    if store is not None and (valid is None or valid(store)):
+        return store, False
+    if path.exists():
+        log.warning("%s cache %s is incomplete or damaged; rebuilding it", what, path)
+        shutil.rmtree(path, ignore_errors=True)
+    return build(), True

@@ -224,6 +224,9 @@ class TextEncoder(Encoder):
 
     A frozen text encoder memoizes its output per distinct string: a frozen model gives the
     same vector for the same text, and clinical descriptions repeat across images of a case.
+    The memo is kept on the CPU, so moving the model (Lightning does at every stage) keeps it.
+    `vector_source`, when set (`train/text_cache.py`), fills the memo on the first forward of
+    these weights, from vectors stored on disk by an earlier run.
     """
 
     def __init__(self, spec: HFTextEncoderSpec, key: str):
@@ -246,6 +249,8 @@ class TextEncoder(Encoder):
         self.max_length = spec.max_length
         self.pooling = spec.pooling
         self._memo: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.vector_source: Callable[["TextEncoder"], dict[str, torch.Tensor]] | None = None
+        self._primed = False
         self.freeze_if_needed()
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
@@ -271,21 +276,22 @@ class TextEncoder(Encoder):
     def forward(self, texts: list[str]) -> torch.Tensor:
         if self.trainable:
             return self._encode(list(texts))
+        if self.vector_source is not None and not self._primed:
+            self._primed = True
+            self._memo.update(self.vector_source(self))
         missing = list(dict.fromkeys(t for t in texts if t not in self._memo))
         if missing:
             with torch.no_grad():
                 for text, vec in zip(missing, self._encode(missing)):
-                    self._memo[text] = vec
+                    self._memo[text] = vec.float().cpu()
             while len(self._memo) > 200_000:
                 self._memo.popitem(last=False)
-        return torch.stack([self._memo[t] for t in texts])
-
-    def _apply(self, fn, *args, **kwargs):  # moving the model to another device drops the memo
-        self._memo.clear()
-        return super()._apply(fn, *args, **kwargs)
+        weight = next(self.model.parameters())
+        return torch.stack([self._memo[t] for t in texts]).to(device=weight.device, dtype=weight.dtype)
 
     def _load_from_state_dict(self, *args, **kwargs):  # new weights, new vectors
         self._memo.clear()
+        self._primed = False
         return super()._load_from_state_dict(*args, **kwargs)
 
 

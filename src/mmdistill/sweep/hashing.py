@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 # Where a run is written and how it talks, not what it computes.
-NOT_RESULTS = ("sweep", "output_dir", "experiment_name", "logging", "cache.dir")
+NOT_RESULTS = ("sweep", "output_dir", "experiment_name", "logging", "cache.dir", "cache.text")
 # Read only by the student and baseline stages (and what happens after them).
 STUDENT_ONLY = ("student", "objective.preset", "objective.terms", "training.student", "training.baseline", "compress",
                 "data.views", "cache.teacher", "cache.teacher_dtype")

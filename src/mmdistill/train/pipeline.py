@@ -32,6 +32,7 @@ from mmdistill.train.recorder import MetricsLog
 from mmdistill.data.embeddings import load_teacher_embeddings, teacher_modality
 from mmdistill.train.stage import StageResult, train_stage
 from mmdistill.train.teacher_cache import PrecomputedTeacher
+from mmdistill.train.text_cache import attach_text_caches
 from mmdistill.train.teacher_scores import evaluate_teacher, remember_teacher_scores
 
 
@@ -52,7 +53,8 @@ def load_run_data(config: ExperimentConfig) -> DataBundle:
 def build_model(config: ExperimentConfig, role: str, data: DataBundle) -> MultiModalNet:
     spec = getattr(config, role)
     modalities = config.data.modalities
-    return MultiModalNet(spec, modalities, data.tasks, data.embedding_dims, key=role)
+    model = MultiModalNet(spec, modalities, data.tasks, data.embedding_dims, key=role)
+    return attach_text_caches(model, config, data, role)
 
 
 def check_models(config: ExperimentConfig, data: DataBundle) -> MultiModalNet | PrecomputedTeacher:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mmdistill.config.schema import ExperimentConfig
-from mmdistill.data.array_store import ArrayStore, StoreWriter, file_signature
+from mmdistill.data.array_store import ArrayStore, StoreWriter, file_signature, open_or_build
 from mmdistill.data.dataset import DataBundle
 from mmdistill.data.views import view_batches, view_settings
 from mmdistill.errors import UserError
@@ -217,15 +216,9 @@ def teacher_source(config: ExperimentConfig, teacher: MultiModalNet, objective: 
     fields = teacher_fields(objective)
     key = cache_key(config, teacher, data, fields)
     path = config.cache_dir / "teacher" / key
-    store = ArrayStore.open(path, key)
-    if store is None:
-        if path.exists():
-            log.warning("teacher cache %s is incomplete or damaged; rebuilding it", path)
-            shutil.rmtree(path, ignore_errors=True)
-        store = build_teacher_store(path, key, config, teacher, data, fields)
-        log.info("teacher outputs cached in %s", path)
-    else:
-        log.info("reusing cached teacher outputs from %s", path)
+    store, built = open_or_build(path, key, lambda: build_teacher_store(path, key, config, teacher, data, fields),
+                                 "teacher output")
+    log.info("teacher outputs cached in %s" if built else "reusing cached teacher outputs from %s", path)
     return CachedTeacher(store)
 
 
