@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 SPLITS = ("train", "dev", "test")
 
@@ -52,6 +52,10 @@ def _check_image_stat(value: Any, info: ValidationInfo) -> Any:
     return value
 
 
+# The check travels with the type, so each image modality only declares the two fields.
+CheckedImageStat = Annotated[ImageStat, AfterValidator(_check_image_stat)]
+
+
 class ImageModality(Strict):
     """An image path column; the image is decoded to `channels` and resized to `size`."""
 
@@ -61,13 +65,8 @@ class ImageModality(Strict):
     size: int = Field(224, gt=0, description="decode resolution; each encoder may resize again")
     # declared after `channels` in each class, not in a shared base: pydantic validates fields
     # in order, and the per-channel check reads `channels`
-    mean: ImageStat = Field(None, description=IMAGE_STAT_HELP)
-    std: ImageStat = Field(None, description=IMAGE_STAT_HELP, validate_default=True)
-
-    @field_validator("mean", "std")
-    @classmethod
-    def _stat_per_channel(cls, value: Any, info: ValidationInfo) -> Any:
-        return _check_image_stat(value, info)
+    mean: CheckedImageStat = Field(None, description=IMAGE_STAT_HELP)
+    std: CheckedImageStat = Field(None, description=IMAGE_STAT_HELP, validate_default=True)
 
     @property
     def total_channels(self) -> int:
@@ -86,13 +85,8 @@ class StackedImageModality(Strict):
     columns: list[str] = Field(min_length=2)
     channels: list[Literal[1, 3, 4]]
     size: int = Field(224, gt=0)
-    mean: ImageStat = Field(None, description=IMAGE_STAT_HELP)
-    std: ImageStat = Field(None, description=IMAGE_STAT_HELP, validate_default=True)
-
-    @field_validator("mean", "std")
-    @classmethod
-    def _stat_per_channel(cls, value: Any, info: ValidationInfo) -> Any:
-        return _check_image_stat(value, info)
+    mean: CheckedImageStat = Field(None, description=IMAGE_STAT_HELP)
+    std: CheckedImageStat = Field(None, description=IMAGE_STAT_HELP, validate_default=True)
 
     @model_validator(mode="after")
     def _one_channel_count_per_column(self) -> "StackedImageModality":
