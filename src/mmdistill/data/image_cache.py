@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +30,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from mmdistill.data.array_store import ArrayStore, StoreWriter, file_signature
+from mmdistill.data.array_store import ArrayStore, StoreWriter, file_signature, open_or_build
 from mmdistill.data.images import SIXTEEN_BIT
 
 if TYPE_CHECKING:
@@ -146,19 +145,9 @@ def _build(path: Path, key: str, dataset: "MultiModalDataset", split: str, name:
         return writer.commit()
 
 
-def open_or_build(dataset: "MultiModalDataset", split: str, name: str, config: "ExperimentConfig") -> ImageCache:
-    """The cache of modality `name` of `dataset`, built now if missing, stale or damaged."""
-    spec = dataset._image_specs[name]
-    key = image_cache_key(dataset, name, spec)
-    path = cache_path(config, split, name, spec, key)
-    n, shape = len(dataset.records), (len(dataset.records), spec.total_channels, spec.size, spec.size)
-    store = ArrayStore.open(path, key)
-    if store is not None and store.shape(ARRAY) == shape:
-        log.info("reusing decoded images (%s, %s %dpx, %d samples) from %s", split, name, spec.size, n, path)
-        return ImageCache(store)
-    if path.exists():
-        log.warning("decoded-image cache %s is incomplete or damaged; rebuilding it", path)
-        shutil.rmtree(path, ignore_errors=True)
+def _build_widening(path: Path, key: str, dataset: "MultiModalDataset", split: str, name: str, spec: Any,
+                    config: "ExperimentConfig") -> ArrayStore:
+    """A build as uint8, restarted as uint16 when a file turns out to hold more than 8 bits."""
     start = time.perf_counter()
     dtype = np.dtype(np.uint16 if _is_wide(_paths(dataset.records[0], name, spec)) else np.uint8)
     try:
@@ -166,8 +155,21 @@ def open_or_build(dataset: "MultiModalDataset", split: str, name: str, config: "
     except _WiderThanFirst:
         dtype = np.dtype(np.uint16)
         store = _build(path, key, dataset, split, name, spec, config, dtype)
-    log.info("decoded images (%s, %s %dpx, %d samples, %s) in %.1f s, cached in %s", split, name, spec.size, n,
-             dtype.name, time.perf_counter() - start, path)
+    log.info("decoded images (%s, %s %dpx, %d samples, %s) in %.1f s, cached in %s", split, name, spec.size,
+             len(dataset.records), dtype.name, time.perf_counter() - start, path)
+    return store
+
+
+def open_or_build_images(dataset: "MultiModalDataset", split: str, name: str, config: "ExperimentConfig") -> ImageCache:
+    """The cache of modality `name` of `dataset`, built now if missing, stale or damaged."""
+    spec = dataset._image_specs[name]
+    key = image_cache_key(dataset, name, spec)
+    path = cache_path(config, split, name, spec, key)
+    shape = (len(dataset.records), spec.total_channels, spec.size, spec.size)
+    store, built = open_or_build(path, key, lambda: _build_widening(path, key, dataset, split, name, spec, config),
+                                 "decoded-image", valid=lambda store: store.shape(ARRAY) == shape)
+    if not built:
+        log.info("reusing decoded images (%s, %s %dpx, %d samples) from %s", split, name, spec.size, shape[0], path)
     return ImageCache(store)
 
 
@@ -179,4 +181,4 @@ def attach_image_caches(data: "DataBundle", config: "ExperimentConfig", modaliti
             continue
         for name in dataset._image_specs:
             if modalities is None or name in modalities:
-                dataset.attach_image_cache(name, open_or_build(dataset, split, name, config))
+                dataset.attach_image_cache(name, open_or_build_images(dataset, split, name, config))
