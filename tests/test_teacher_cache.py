@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -238,9 +239,11 @@ def test_a_checkpointed_teachers_scores_are_computed_once_per_weights_and_data(d
     scored = run("a")  # the training run stored its teacher's scores under the checkpoint's key
     assert evaluations == [] and scored["dev"] == trained["dev"] and scored["test"] == trained["test"]
     assert run("b", teacher=False) == scored and len(evaluations) == 1  # --no-teacher-cache evaluates
-    assert run("c") == scored and len(evaluations) == 1
-
     stored = next((tmp_path / "out" / "cache" / "teacher_scores").glob("*.json"))
+    os.utime(stored, (0, 0))
+    assert run("c") == scored and len(evaluations) == 1
+    assert stored.stat().st_mtime > time.time() - 600  # reading marks it used (`mmdistill cache --older-than`)
+
     stored.write_text('{"key": "trunc')  # a damaged file is recomputed, then rewritten whole
     assert run("d") == scored and len(evaluations) == 2
     assert json.loads(stored.read_text())["dev"]["score"] == scored["dev"]["score"]

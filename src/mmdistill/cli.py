@@ -128,6 +128,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from mmdistill.data.cache_inventory import format_table, list_entries, prune, resolve_cache_dir
+
+    cache_dir = resolve_cache_dir(args.dir)
+    if args.older_than is None:
+        print(format_table(list_entries(cache_dir)))
+        return 0
+    removed, kept = prune(cache_dir, args.older_than, dry_run=args.dry_run)
+    print(format_table(removed))
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{verb} {len(removed)} entries (damaged, or unused for over {args.older_than:g} days); kept {len(kept)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmdistill", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -172,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("dir", help="a sweep directory (<output_dir>/<experiment>) or one run directory")
     report.add_argument("--no-tsne", action="store_true", help="skip the t-SNE of teacher and student embeddings")
     report.set_defaults(func=cmd_report)
+    cache = sub.add_parser("cache", help="list the caches' stores with size and last use; remove the unused ones")
+    cache.add_argument("dir", help="a cache directory (cache.dir) or an output_dir holding cache/")
+    cache.add_argument("--older-than", type=float, metavar="DAYS",
+                       help="remove entries no run has read or written for more than DAYS days (and damaged ones)")
+    cache.add_argument("--dry-run", action="store_true", help="with --older-than: list what would go, remove nothing")
+    cache.set_defaults(func=cmd_cache)
     return parser
 
 

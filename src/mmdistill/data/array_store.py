@@ -182,6 +182,15 @@ class StoreWriter:
             self.abort()
 
 
+def mark_used(path: Path) -> None:
+    """Set `path`'s mtime to now: when a run last read a cache entry, what `mmdistill cache
+    --older-than` goes by (`data/cache_inventory.py`). A read-only cache is left as it is."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
 def open_or_build(path: Path, key: str, build: Callable[[], ArrayStore], what: str,
                   valid: Callable[[ArrayStore], bool] | None = None) -> tuple[ArrayStore, bool]:
     """The complete store keyed `key` at `path`, or, when it is missing, stale, damaged or not
@@ -189,6 +198,7 @@ def open_or_build(path: Path, key: str, build: Callable[[], ArrayStore], what: s
     the flag says whether it was built."""
     store = ArrayStore.open(path, key)
     if store is not None and (valid is None or valid(store)):
+        mark_used(path / STORE_FILE)
         return store, False
     if path.exists():
         log.warning("%s cache %s is incomplete or damaged; rebuilding it", what, path)

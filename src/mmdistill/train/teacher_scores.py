@@ -16,6 +16,7 @@ import time
 
 from mmdistill.config.schema import ExperimentConfig
 from mmdistill.data.dataset import DataBundle
+from mmdistill.data.array_store import mark_used
 from mmdistill.io import write_json_atomic
 from mmdistill.models.net import MultiModalNet
 from mmdistill.train.stage import StageResult, evaluate_only
@@ -53,6 +54,7 @@ def evaluate_teacher(config: ExperimentConfig, teacher: MultiModalNet, data: Dat
         try:
             stored = json.loads(path.read_text())
             if stored.get("key") == key:
+                mark_used(path)
                 log.info("reusing the teacher's dev/test scores from %s", path)
                 return StageResult(dev=stored["dev"], test=stored["test"], best_epoch=None,
                                    seconds=time.perf_counter() - start)

@@ -1,0 +1,102 @@
+"""`mmdistill cache`: entries listed with size and last use; pruning by use removes what no
+run touched for the given time, damaged stores and abandoned builds, and nothing else."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from mmdistill.cli import main
+from mmdistill.data.array_store import STORE_FILE, ArrayStore, StoreWriter, open_or_build
+from mmdistill.data.cache_inventory import list_entries, prune
+
+DAY = 86400.0
+
+
+def _store(path, key="k", rows=4):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with StoreWriter(path, key) as writer:
+        writer.declare("x", (rows, 3), np.float32)
+        writer.append("x", np.ones((rows, 3), np.float32))
+        return writer.commit()
+
+
+def _age(path, days):
+    """Backdate `path` (and, for a directory, its files) by `days`."""
+    then = time.time() - days * DAY
+    for p in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        os.utime(p, (then, then))
+
+
+@pytest.fixture
+def cache(tmp_path):
+    root = tmp_path / "out" / "cache"
+    _store(root / "teacher" / "old")
+    _store(root / "teacher" / "recent")
+    _store(root / "images" / "train-image-32px-damaged", rows=8)
+    with open(root / "images" / "train-image-32px-damaged" / "x.bin", "r+b") as f:
+        f.truncate(10)
+    _store(root / "text" / "old-but-reopened")
+    (root / "teacher_scores").mkdir()
+    (root / "teacher_scores" / "old.json").write_text('{"key": "old"}')
+    (root / "teacher" / ".fresh.tmp-1234").mkdir()  # a build in progress
+    (root / "teacher" / ".fresh.tmp-1234" / "x.bin").write_bytes(b"\0" * 100)
+    (root / "teacher" / ".crashed.tmp-5678").mkdir()  # a build that died two days ago
+    (root / "teacher" / ".crashed.tmp-5678" / "x.bin").write_bytes(b"\0" * 100)
+    for name in ("teacher/old", "images/train-image-32px-damaged", "text/old-but-reopened",
+                 "teacher_scores/old.json", "teacher/.crashed.tmp-5678"):
+        _age(root / name, 40)
+    _age(root / "teacher" / "recent", 2)
+    return root
+
+
+def test_entries_are_listed_with_state_size_and_last_use(cache):
+    entries = {e.name: e for e in list_entries(cache)}
+    assert set(entries) == {"old", "recent", "train-image-32px-damaged", "old-but-reopened", "old.json",
+                            ".fresh.tmp-1234", ".crashed.tmp-5678"}
+    assert entries["old"].state == "ok" and entries["old"].bytes == 4 * 3 * 4 + (cache / "teacher/old" / STORE_FILE).stat().st_size
+    assert entries["train-image-32px-damaged"].state == "damaged"
+    assert entries[".fresh.tmp-1234"].state == "unfinished"
+    assert time.time() - entries["old"].last_used == pytest.approx(40 * DAY, abs=60)
+    assert time.time() - entries["recent"].last_used == pytest.approx(2 * DAY, abs=60)
+    assert [e.name for e in list_entries(cache)][-1] == ".fresh.tmp-1234"  # least recently used first
+
+
+def test_opening_a_store_marks_it_used_so_pruning_keeps_it(cache):
+    path = cache / "text" / "old-but-reopened"
+    store, built = open_or_build(path, "k", lambda: pytest.fail("a complete store is not rebuilt"), "text vector")
+    assert not built
+    store.close()
+    removed, kept = prune(cache, older_than_days=30)
+    assert {e.name for e in removed} == {"old", "train-image-32px-damaged", "old.json", ".crashed.tmp-5678"}
+    assert {e.name for e in kept} == {"recent", "old-but-reopened", ".fresh.tmp-1234"}
+    assert sorted(p.name for p in (cache / "teacher").iterdir()) == [".fresh.tmp-1234", "recent"]
+    assert not (cache / "teacher_scores" / "old.json").exists()
+    assert not list(cache.rglob("*.trash-*"))
+    assert ArrayStore.open(cache / "teacher" / "recent", "k") is not None
+
+
+def test_dry_run_removes_nothing_and_age_zero_spares_a_build_in_progress(cache):
+    before = sorted(str(p) for p in cache.rglob("*"))
+    removed, _ = prune(cache, older_than_days=0, dry_run=True)
+    assert sorted(str(p) for p in cache.rglob("*")) == before
+    assert ".fresh.tmp-1234" not in {e.name for e in removed} and "recent" in {e.name for e in removed}
+
+
+def test_cli_lists_prunes_and_rejects_what_is_not_a_cache(cache, tmp_path, capsys):
+    assert main(["cache", str(tmp_path / "out")]) == 0  # an output_dir finds its cache/
+    out = capsys.readouterr().out
+    assert "old-but-reopened" in out and "damaged" in out and "7 entries" in out
+
+    assert main(["cache", str(cache), "--older-than", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "removed 5 entries" in out and "kept 2" in out  # old-but-reopened is 40 days old here
+    assert sorted(p.name for p in (cache / "teacher").iterdir()) == [".fresh.tmp-1234", "recent"]
+
+    assert main(["cache", str(tmp_path)]) == 2
+    assert f"{tmp_path}: no mmdistill cache here" in capsys.readouterr().err
+    assert main(["cache", str(cache), "--older-than", "-1"]) == 2
+    assert "--older-than" in capsys.readouterr().err
