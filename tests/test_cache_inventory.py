@@ -42,6 +42,7 @@ def cache(tmp_path):
     _store(root / "text" / "old-but-reopened")
     (root / "teacher_scores").mkdir()
     (root / "teacher_scores" / "old.json").write_text('{"key": "old"}')
+    (root / "teacher_scores" / ".new.json.x1y2.tmp").write_text('{"ke')  # an atomic write in progress
     (root / "teacher" / ".fresh.tmp-1234").mkdir()  # a build in progress
     (root / "teacher" / ".fresh.tmp-1234" / "x.bin").write_bytes(b"\0" * 100)
     (root / "teacher" / ".crashed.tmp-5678").mkdir()  # a build that died two days ago
@@ -56,13 +57,13 @@ def cache(tmp_path):
 def test_entries_are_listed_with_state_size_and_last_use(cache):
     entries = {e.name: e for e in list_entries(cache)}
     assert set(entries) == {"old", "recent", "train-image-32px-damaged", "old-but-reopened", "old.json",
-                            ".fresh.tmp-1234", ".crashed.tmp-5678"}
+                            ".new.json.x1y2.tmp", ".fresh.tmp-1234", ".crashed.tmp-5678"}
     assert entries["old"].state == "ok" and entries["old"].bytes == 4 * 3 * 4 + (cache / "teacher/old" / STORE_FILE).stat().st_size
     assert entries["train-image-32px-damaged"].state == "damaged"
-    assert entries[".fresh.tmp-1234"].state == "unfinished"
+    assert entries[".fresh.tmp-1234"].state == entries[".new.json.x1y2.tmp"].state == "unfinished"
     assert time.time() - entries["old"].last_used == pytest.approx(40 * DAY, abs=60)
     assert time.time() - entries["recent"].last_used == pytest.approx(2 * DAY, abs=60)
-    assert [e.name for e in list_entries(cache)][-1] == ".fresh.tmp-1234"  # least recently used first
+    assert [e.name for e in list_entries(cache)][:2] == ["old", "train-image-32px-damaged"]  # least recently used first
 
 
 def test_opening_a_store_marks_it_used_so_pruning_keeps_it(cache):
@@ -72,7 +73,7 @@ def test_opening_a_store_marks_it_used_so_pruning_keeps_it(cache):
     store.close()
     removed, kept = prune(cache, older_than_days=30)
     assert {e.name for e in removed} == {"old", "train-image-32px-damaged", "old.json", ".crashed.tmp-5678"}
-    assert {e.name for e in kept} == {"recent", "old-but-reopened", ".fresh.tmp-1234"}
+    assert {e.name for e in kept} == {"recent", "old-but-reopened", ".fresh.tmp-1234", ".new.json.x1y2.tmp"}
     assert sorted(p.name for p in (cache / "teacher").iterdir()) == [".fresh.tmp-1234", "recent"]
     assert not (cache / "teacher_scores" / "old.json").exists()
     assert not list(cache.rglob("*.trash-*"))
@@ -83,17 +84,18 @@ def test_dry_run_removes_nothing_and_age_zero_spares_a_build_in_progress(cache):
     before = sorted(str(p) for p in cache.rglob("*"))
     removed, _ = prune(cache, older_than_days=0, dry_run=True)
     assert sorted(str(p) for p in cache.rglob("*")) == before
-    assert ".fresh.tmp-1234" not in {e.name for e in removed} and "recent" in {e.name for e in removed}
+    assert {e.name for e in removed} & {".fresh.tmp-1234", ".new.json.x1y2.tmp"} == set()
+    assert "recent" in {e.name for e in removed}
 
 
 def test_cli_lists_prunes_and_rejects_what_is_not_a_cache(cache, tmp_path, capsys):
     assert main(["cache", str(tmp_path / "out")]) == 0  # an output_dir finds its cache/
     out = capsys.readouterr().out
-    assert "old-but-reopened" in out and "damaged" in out and "7 entries" in out
+    assert "old-but-reopened" in out and "damaged" in out and "8 entries" in out
 
     assert main(["cache", str(cache), "--older-than", "30"]) == 0
     out = capsys.readouterr().out
-    assert "removed 5 entries" in out and "kept 2" in out  # old-but-reopened is 40 days old here
+    assert "removed 5 entries" in out and "kept 3" in out  # old-but-reopened is 40 days old here
     assert sorted(p.name for p in (cache / "teacher").iterdir()) == [".fresh.tmp-1234", "recent"]
 
     assert main(["cache", str(tmp_path)]) == 2

@@ -9,7 +9,7 @@ touched for that long.
 
 Removal first renames an entry out of its key's path and then deletes it, so a run starting
 meanwhile finds either the whole store or none, and rebuilds what it needs. A build in
-progress lives in a hidden `.<name>.tmp-*` directory; one untouched for `ABANDONED_AFTER_S`
+progress lives under a hidden name (`.<name>.tmp-*`, `.<name>.*.tmp`); one untouched for `ABANDONED_AFTER_S`
 is a crashed build's leftover and goes too, a younger one is left alone whatever the age
 asked for.
 """
@@ -70,7 +70,7 @@ def _size_and_newest(path: Path) -> tuple[int, float]:
 
 def _entry(kind: str, path: Path) -> CacheEntry:
     size, newest = _size_and_newest(path)
-    if ".tmp-" in path.name:
+    if path.name.startswith("."):  # array stores and atomic JSON writes both build under a hidden name
         return CacheEntry(kind, path, size, newest, "unfinished")
     if path.is_file():  # a teacher-score JSON
         try:
