@@ -257,3 +257,12 @@ def test_a_checkpointed_teachers_scores_are_computed_once_per_weights_and_data(d
     run("e")
     assert len(evaluations) == 3
     assert len(list((tmp_path / "out" / "cache" / "teacher_scores").glob("*.json"))) == 2
+
+    rows = list(csv.DictReader(open(root / "test.csv")))  # a corrected test label, same inputs: a new key
+    rows[0]["urgent"] = "1" if rows[0]["urgent"] == "0" else "0"
+    with open(root / "test.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    run("f")
+    assert len(evaluations) == 4

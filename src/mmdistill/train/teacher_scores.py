@@ -3,8 +3,8 @@
 Every run of a sweep loads the same shared teacher checkpoint and, before this cache, scored
 it on dev and test again: for a 2-epoch tiny_cnn grid run with a ResNet-50 teacher that was
 about an eighth of the run. The scores are a function of the teacher's weights and the dev/test
-inputs alone, so they are stored as JSON under a key that hashes exactly those
-(`teacher_cache.teacher_digest`) beside the teacher-output cache, and follow the same switch:
+inputs and labels alone, so they are stored as JSON under a key that hashes exactly those
+(`teacher_cache.teacher_digest` and the labels) beside the teacher-output cache, and follow the same switch:
 `cache.teacher: false` (`--no-teacher-cache`) evaluates the teacher every run.
 """
 
@@ -26,8 +26,13 @@ log = logging.getLogger(__name__)
 
 
 def teacher_scores_key(config: ExperimentConfig, teacher: MultiModalNet, data: DataBundle) -> str:
+    """The teacher's inputs on dev/test (`teacher_digest`) and, since scores compare against
+    them, every dev/test label: a corrected label file is a new key."""
     h = teacher_digest(config, teacher, data, ("dev", "test"))
-    h.update(b"scores format 1")
+    h.update(b"scores format 2")
+    for split in ("dev", "test"):
+        for record in data.datasets[split].records:
+            h.update(json.dumps(record.labels, sort_keys=True, default=str).encode())
     return h.hexdigest()[:24]
 
 
