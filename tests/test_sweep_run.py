@@ -166,6 +166,34 @@ def test_rerun_runs_only_what_is_missing_or_stale(sweep):
     assert "4 run(s) already finished (skipped), 0 to run; 2 shared teacher(s), 0 to train" in log
 
 
+def test_changed_data_reruns_the_runs_and_teachers_that_read_it(demo_root, tmp_path):
+    """The config is unchanged, so only the data signature can tell the finished runs are stale."""
+    import csv
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    path = sweep_config(root, tmp_path, {"seeds": [1], "tsne": False})
+    assert run_sweep(path, echo=lambda line: None, report=False) == 0
+    run_dir = tmp_path / "runs" / "tiny" / "default" / "seed_1"
+    first = _results(run_dir)["data_signature"]
+
+    log: list[str] = []
+    assert run_sweep(path, echo=log.append, report=False) == 0
+    assert "1 run(s) already finished (skipped), 0 to run; 1 shared teacher(s), 0 to train" in log
+
+    rows = list(csv.DictReader(open(root / "dev.csv")))  # one dev label corrected
+    rows[0]["urgent"] = "1" if rows[0]["urgent"] == "0" else "0"
+    with open(root / "dev.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    log.clear()
+    assert run_sweep(path, echo=log.append, report=False) == 0
+    assert "0 run(s) already finished (skipped), 1 to run; 1 shared teacher(s), 1 to train" in log
+    assert _results(run_dir)["data_signature"] != first
+
+
 def test_an_interrupted_sweep_resumes_where_it_stopped(demo_root, tmp_path, monkeypatch):
     import mmdistill.sweep.executors as executors
 

@@ -25,6 +25,18 @@ class Job:
     seed: Optional[int] = None
     teacher_dir: Optional[str] = None   # the shared teacher this run loads
     dependents: list[str] = field(default_factory=list)  # teacher jobs: the runs that load it
+    expected_data: Optional[str] = None  # the data signature results.json must hold (None: not checked)
+
+    def is_finished(self) -> bool:
+        """Finished = results.json exists, parses, and holds the hash of the config we would run
+        now and the signature of the data as it is now (a corrected label file or a replaced
+        image re-runs the job; `data/records_digest.py`)."""
+        try:
+            results = json.loads((Path(self.run_dir) / "results.json").read_text())
+            return results.get("config_hash") == self.expected_hash and (
+                self.expected_data is None or results.get("data_signature") == self.expected_data)
+        except (OSError, ValueError, AttributeError):
+            return False
 
 
 @dataclass
@@ -42,15 +54,6 @@ def error_line(exc: BaseException) -> str:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-
-
-def is_finished(run_dir: str | Path, expected_hash: str) -> bool:
-    """Finished = results.json exists, parses, and holds the hash of the config we would run now."""
-    path = Path(run_dir) / "results.json"
-    try:
-        return json.loads(path.read_text()).get("config_hash") == expected_hash
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def _summary(kind: str, results: dict[str, Any]) -> str:

@@ -75,19 +75,29 @@ def _blame(variant: Variant, source: str, exc: UserError) -> UserError:
     return UserError(f"{source}: sweep.grid {values} (variant {variant.name}): {message}")
 
 
-def _check_runtime(configs: list[tuple[Variant, ExperimentConfig]], source: str) -> None:
+def _data_key(config: ExperimentConfig) -> str:
+    """Configs with equal keys read the same records (the data section, the tasks, and the
+    modalities some model reads)."""
+    dump = config.model_dump(mode="json")
+    return _digest({"data": dump["data"], "tasks": dump["tasks"],
+                    "used": sorted(set(dump["teacher"]["encoders"]) | set(dump["student"]["encoders"]))})
+
+
+def _check_runtime(configs: list[tuple[Variant, ExperimentConfig]], source: str) -> dict[str, str]:
     """Read the data once per distinct data section and build the models once per distinct
     model combination, as `mmdistill validate` does: unknown backbones, unreadable weights or
-    missing columns fail here, not after hours of other runs."""
+    missing columns fail here, not after hours of other runs. Returns each data section's
+    signature ({`_data_key`: `data_signature`}), what a finished run must have read."""
     from mmdistill.data.dataset import load_data
+    from mmdistill.data.records_digest import data_signature
     from mmdistill.train.pipeline import check_models
 
     data_cache: dict[str, Any] = {}
+    signatures: dict[str, str] = {}
     seen: set[str] = set()
     for variant, config in configs:
         dump = config.model_dump(mode="json")
-        data_key = _digest({"data": dump["data"], "tasks": dump["tasks"],
-                            "used": sorted(set(dump["teacher"]["encoders"]) | set(dump["student"]["encoders"]))})
+        data_key = _data_key(config)
         models_key = _digest({k: dump[k] for k in ("teacher", "student", "objective")} | {"data": data_key})
         if models_key in seen:
             continue
@@ -95,9 +105,11 @@ def _check_runtime(configs: list[tuple[Variant, ExperimentConfig]], source: str)
         try:
             if data_key not in data_cache:
                 data_cache[data_key] = load_data(config)
+                signatures[data_key] = data_signature(config, data_cache[data_key])
             check_models(config, data_cache[data_key])
         except UserError as exc:
             raise (_blame(variant, source, exc) if variant.overrides else exc) from None
+    return signatures
 
 
 def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict[str, Any], SweepSpec]:
@@ -128,8 +140,7 @@ def make_plan(path: str | Path, overrides: Iterable[str] = (), check_runtime: bo
             configs.append((variant, _validate(apply_variant(base, variant), source)))
         except UserError as exc:
             raise (_blame(variant, source, exc) if variant.overrides else exc) from None
-    if check_runtime:
-        _check_runtime(configs, source)
+    signatures = _check_runtime(configs, source) if check_runtime else {}
 
     first = configs[0][1]
     sweep_dir = first.output_dir / first.experiment_name
@@ -142,6 +153,7 @@ def make_plan(path: str | Path, overrides: Iterable[str] = (), check_runtime: bo
             if hide_bars:
                 tree["logging"]["progress_bar"] = False
             run_dir = sweep_dir / variant.name / f"seed_{seed}"
+            data_signature = signatures.get(_data_key(config))
             teacher_dir = None
             if spec.share_teacher and config.teacher.checkpoint is None:
                 seeded = ExperimentConfig.model_validate(tree)
@@ -149,13 +161,14 @@ def make_plan(path: str | Path, overrides: Iterable[str] = (), check_runtime: bo
                 if key not in teachers:
                     tdir = sweep_dir / TEACHERS_DIR / key[0] / f"seed_{seed}"
                     teachers[key] = Job("teacher", f"teacher {key[0][:8]} seed {seed}", str(tdir), copy.deepcopy(tree),
-                                        teacher_hash(seeded), seed=seed)
+                                        teacher_hash(seeded), seed=seed, expected_data=data_signature)
                 teacher_dir = teachers[key].run_dir
                 teachers[key].dependents.append(str(run_dir))
                 tree["teacher"]["checkpoint"] = str(Path(teacher_dir) / TEACHER_FILE)
             resolved = ExperimentConfig.model_validate(tree)
             plan.runs.append(Job("run", f"{variant.name} seed {seed}", str(run_dir), resolved.model_dump(mode="json"),
-                                 config_hash(resolved), variant=variant.name, seed=seed, teacher_dir=teacher_dir))
+                                 config_hash(resolved), variant=variant.name, seed=seed, teacher_dir=teacher_dir,
+                                 expected_data=data_signature))
     plan.teachers = list(teachers.values())
     return plan
 

@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 from mmdistill.io import write_json_atomic
 from mmdistill.sweep.aggregate import AGGREGATED, BEST_CONFIG, MANIFEST
 from mmdistill.sweep.executors import EXECUTORS, SlurmExecutor, build_executor
-from mmdistill.sweep.jobs import Job, Outcome, is_finished
+from mmdistill.sweep.jobs import Job, Outcome
 from mmdistill.sweep.plan import TEACHER_FILE, SweepPlan, make_plan
 
 
@@ -37,12 +37,12 @@ class SweepLog:
 
 
 def _teacher_ready(job: Job) -> bool:
-    return is_finished(job.run_dir, job.expected_hash) and (Path(job.run_dir) / TEACHER_FILE).is_file()
+    return job.is_finished() and (Path(job.run_dir) / TEACHER_FILE).is_file()
 
 
 def _status(plan: SweepPlan) -> tuple[list[Job], list[Job], list[Job]]:
     """(runs already finished, runs to do, teachers to train for them)."""
-    finished = [r for r in plan.runs if is_finished(r.run_dir, r.expected_hash)]
+    finished = [r for r in plan.runs if r.is_finished()]
     todo = [r for r in plan.runs if r not in finished]
     needed = {r.teacher_dir for r in todo if r.teacher_dir}
     teachers = [t for t in plan.teachers if t.run_dir in needed and not _teacher_ready(t)]

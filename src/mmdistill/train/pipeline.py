@@ -30,6 +30,7 @@ from mmdistill.sweep.hashing import config_hash, teacher_hash
 from mmdistill.train.checkpoints import load_weights
 from mmdistill.train.recorder import MetricsLog
 from mmdistill.data.embeddings import load_teacher_embeddings, teacher_modality
+from mmdistill.data.records_digest import data_signature
 from mmdistill.train.stage import StageResult, train_stage
 from mmdistill.train.teacher_cache import PrecomputedTeacher
 from mmdistill.train.text_cache import attach_text_caches
@@ -180,6 +181,7 @@ def run_experiment(config: ExperimentConfig, overwrite: bool = False, run_dir: P
     results["tasks"] = {t.name: {"type": t.type, "classes": list(t.classes)} for t in data.tasks}
     results["samples"] = {split: len(ds) for split, ds in data.datasets.items()}
     results["image_stats"] = image_stats(data.modalities)  # the mean/std the inputs were normalised with
+    results["data_signature"] = data_signature(config, data)  # a sweep re-runs this run when its data changes
     if config.logging.plots and log.rows:
         plot_curves(log.rows, run_dir / "plots" / "curves.png")
         plot_stage_curves(log.rows, run_dir / "plots")

@@ -29,8 +29,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mmdistill.config.schema import ExperimentConfig
-from mmdistill.data.array_store import ArrayStore, StoreWriter, file_signature, open_or_build
+from mmdistill.data.array_store import ArrayStore, StoreWriter, open_or_build
 from mmdistill.data.dataset import DataBundle
+from mmdistill.data.records_digest import hash_records
 from mmdistill.data.views import view_batches, view_settings
 from mmdistill.errors import UserError
 from mmdistill.losses.objective import Objective
@@ -79,16 +80,6 @@ def _outputs(out: ModelOutput, fields: list[str]) -> dict[str, torch.Tensor]:
     return flat
 
 
-def _hash_value(h: "hashlib._Hash", value: Any) -> None:
-    if isinstance(value, np.ndarray):
-        h.update(value.tobytes())
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            _hash_value(h, v)
-    else:
-        h.update(repr(value).encode())
-
-
 def weights_digest(model: nn.Module) -> str:
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
@@ -104,7 +95,6 @@ def teacher_digest(config: ExperimentConfig, teacher: MultiModalNet, data: DataB
     derives from train), whether inputs come through the 8-bit image cache, the tasks, and every
     record of those splits the teacher reads (image files by size and mtime)."""
     reads = list(config.teacher.encoders)
-    specs = {m: config.data.modalities[m] for m in reads}
     h = hashlib.sha256()
     h.update(json.dumps({
         "teacher": config.teacher.model_dump(mode="json", exclude={"checkpoint"}),
@@ -115,12 +105,7 @@ def teacher_digest(config: ExperimentConfig, teacher: MultiModalNet, data: DataB
     }, sort_keys=True, default=str).encode())
     h.update(weights_digest(teacher).encode())
     for split in splits:
-        for record in data.datasets[split].records:
-            for m in reads:
-                value = record.values[m]
-                if specs[m].kind in ("image", "stacked_image"):
-                    value = [file_signature(p) for p in (value if isinstance(value, (list, tuple)) else [value])]
-                _hash_value(h, value)
+        hash_records(h, data.datasets[split].records, {m: config.data.modalities[m].kind for m in reads}, labels=False)
     return h
 
 

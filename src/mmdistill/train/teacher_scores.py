@@ -16,6 +16,7 @@ import time
 
 from mmdistill.config.schema import ExperimentConfig
 from mmdistill.data.dataset import DataBundle
+from mmdistill.data.records_digest import hash_records
 from mmdistill.data.array_store import mark_used
 from mmdistill.io import write_json_atomic
 from mmdistill.models.net import MultiModalNet
@@ -31,8 +32,7 @@ def teacher_scores_key(config: ExperimentConfig, teacher: MultiModalNet, data: D
     h = teacher_digest(config, teacher, data, ("dev", "test"))
     h.update(b"scores format 2")
     for split in ("dev", "test"):
-        for record in data.datasets[split].records:
-            h.update(json.dumps(record.labels, sort_keys=True, default=str).encode())
+        hash_records(h, data.datasets[split].records, {}, labels=True)
     return h.hexdigest()[:24]
 
 
