@@ -102,3 +102,14 @@ def test_cli_lists_prunes_and_rejects_what_is_not_a_cache(cache, tmp_path, capsy
     assert f"{tmp_path}: no mmdistill cache here" in capsys.readouterr().err
     assert main(["cache", str(cache), "--older-than", "-1"]) == 2
     assert "--older-than" in capsys.readouterr().err
+
+
+def test_a_baseline_entry_needs_its_result_and_weights(tmp_path):
+    root = tmp_path / "cache"
+    for name, files in {"whole": ["result.json", "baseline_best.safetensors"], "no-weights": ["result.json"],
+                        "no-result": ["baseline_best.safetensors"]}.items():
+        (root / "baselines" / name).mkdir(parents=True)
+        for file in files:
+            (root / "baselines" / name / file).write_text('{"key": "k"}')
+    states = {e.name: e.state for e in list_entries(root)}
+    assert states == {"whole": "ok", "no-weights": "damaged", "no-result": "damaged"}

@@ -234,7 +234,11 @@ def test_a_checkpointed_teachers_scores_are_computed_once_per_weights_and_data(d
         config = _config(root, tmp_path / "out", **cache).model_copy(deep=True)
         config.teacher.checkpoint = weights
         config.experiment_name = config_dir
-        return run_experiment(config)["teacher"]
+        entry = run_experiment(config)["teacher"]
+        reused.append("reused_from" in entry)
+        return {k: v for k, v in entry.items() if k != "reused_from"}
+
+    reused: list[bool] = []
 
     scored = run("a")  # the training run stored its teacher's scores under the checkpoint's key
     assert evaluations == [] and scored["dev"] == trained["dev"] and scored["test"] == trained["test"]
@@ -242,6 +246,7 @@ def test_a_checkpointed_teachers_scores_are_computed_once_per_weights_and_data(d
     stored = next((tmp_path / "out" / "cache" / "teacher_scores").glob("*.json"))
     os.utime(stored, (0, 0))
     assert run("c") == scored and len(evaluations) == 1
+    assert reused == [True, False, True]  # results.json says where evaluated scores came from
     assert stored.stat().st_mtime > time.time() - 600  # reading marks it used (`mmdistill cache --older-than`)
 
     stored.write_text('{"key": "trunc')  # a damaged file is recomputed, then rewritten whole

@@ -590,6 +590,9 @@ class CacheSpec(Strict):
     teacher_dtype: Literal["float16", "float32"] = "float16"
     text: bool = Field(True, description="keep frozen text encoders' vectors on disk, computed once per "
                                          "encoder weights and text set, for every later run to read")
+    baseline: bool = Field(True, description="train the baseline student once per student setup, data and seed, "
+                                             "and copy it into every later run that differs only in teacher or "
+                                             "KD objective (a sweep over loss variants)")
 
 
 class ExperimentConfig(Strict):

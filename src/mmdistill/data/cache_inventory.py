@@ -27,7 +27,7 @@ from pathlib import Path
 from mmdistill.data.array_store import STORE_FILE, ArrayStore
 from mmdistill.errors import UserError
 
-KINDS = ("images", "teacher", "text", "teacher_scores")
+KINDS = ("images", "teacher", "text", "teacher_scores", "baselines")
 ABANDONED_AFTER_S = 3600.0
 
 
@@ -72,13 +72,15 @@ def _entry(kind: str, path: Path) -> CacheEntry:
     size, newest = _size_and_newest(path)
     if path.name.startswith("."):  # array stores and atomic JSON writes both build under a hidden name
         return CacheEntry(kind, path, size, newest, "unfinished")
-    if path.is_file():  # a teacher-score JSON
+    if path.is_file() or kind == "baselines":  # a teacher-score JSON; a baseline's result.json and weights
+        result = path if path.is_file() else path / "result.json"
         try:
-            json.loads(path.read_text())["key"]
-            state = "ok"
+            json.loads(result.read_text())["key"]
+            state = "ok" if path.is_file() or any(path.glob("*.safetensors")) else "damaged"
+            used = result.stat().st_mtime
         except (OSError, ValueError, KeyError, TypeError):
-            state = "damaged"
-        return CacheEntry(kind, path, size, path.stat().st_mtime, state)
+            state, used = "damaged", newest
+        return CacheEntry(kind, path, size, used, state)
     store = ArrayStore.open(path)
     if store is None:
         return CacheEntry(kind, path, size, newest, "damaged")

@@ -15,10 +15,15 @@ import json
 from typing import Any
 
 # Where a run is written and how it talks, not what it computes.
-NOT_RESULTS = ("sweep", "output_dir", "experiment_name", "logging", "cache.dir", "cache.text")
+NOT_RESULTS = ("sweep", "output_dir", "experiment_name", "logging", "cache.dir", "cache.text", "cache.baseline")
 # Read only by the student and baseline stages (and what happens after them).
 STUDENT_ONLY = ("student", "objective.preset", "objective.terms", "training.student", "training.baseline", "compress",
                 "data.views", "cache.teacher", "cache.teacher_dtype")
+
+# Read only by the teacher stage and the KD student, not by the baseline (the student on task
+# loss alone); `resume_from` is the KD student's own checkpoint.
+NOT_BASELINE = ("teacher", "training.teacher", "objective.preset", "objective.terms", "cache.teacher",
+                "cache.teacher_dtype", "compress", "training.student.resume_from")
 
 
 def _drop(tree: dict[str, Any], dotted: str) -> None:
@@ -60,3 +65,12 @@ def teacher_key(config: Any, with_seed: bool = False) -> str:
 def teacher_hash(config: Any) -> str:
     """What a teacher-only run stores as its `config_hash`."""
     return teacher_key(config, with_seed=True)
+
+
+def baseline_key(config: Any) -> str:
+    """Hash of what a run's baseline stage reads: everything but `NOT_BASELINE`, so runs that
+    differ only in teacher or KD objective share one baseline (`train/baseline_cache.py`)."""
+    tree = _tree(config)
+    for key in NOT_BASELINE:
+        _drop(tree, key)
+    return _digest(tree)

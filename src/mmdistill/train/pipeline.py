@@ -27,6 +27,7 @@ from mmdistill.io import write_json_atomic, write_text_atomic
 from mmdistill.losses.objective import Objective, build_objective
 from mmdistill.models.net import MultiModalNet
 from mmdistill.sweep.hashing import config_hash, teacher_hash
+from mmdistill.train.baseline_cache import baseline_stage
 from mmdistill.train.checkpoints import load_weights
 from mmdistill.train.recorder import MetricsLog
 from mmdistill.data.embeddings import load_teacher_embeddings, teacher_modality
@@ -90,7 +91,8 @@ def prepare_run_dir(config: ExperimentConfig, overwrite: bool, run_dir: Path | N
 def _stage_entry(result: StageResult) -> dict[str, Any]:
     strip = lambda m: {"score": m["score"], "tasks": {t: {k: v for k, v in tm.items() if k != "confusion_matrix"}
                                                        for t, tm in m["tasks"].items()}}
-    return {"dev": strip(result.dev), "test": strip(result.test), "best_epoch": result.best_epoch}
+    entry = {"dev": strip(result.dev), "test": strip(result.test), "best_epoch": result.best_epoch}
+    return entry | ({"reused_from": result.reused_from} if result.reused_from else {})
 
 
 def _write_confusions(run_dir: Path, stage: str, result: StageResult, plots: bool) -> None:
@@ -164,10 +166,14 @@ def run_experiment(config: ExperimentConfig, overwrite: bool = False, run_dir: P
             results["probe"]["student"] = {"feature": ref, **probe_splits(features, data, config.seed)}
     if config.training.baseline and not teacher_only:
         L.seed_everything(config.seed, workers=True, verbose=False)
-        baseline = build_model(config, "student", data)
-        baseline_cfg = config.training.student.model_copy(update={"resume_from": None})  # that is the student's
-        stages["baseline"] = train_stage("baseline", config, baseline_cfg, baseline, supervised(baseline),
-                                         data, log, run_dir / "checkpoints" / "baseline_best.safetensors")
+        best = run_dir / "checkpoints" / "baseline_best.safetensors"
+
+        def train_baseline() -> StageResult:
+            baseline = build_model(config, "student", data)
+            baseline_cfg = config.training.student.model_copy(update={"resume_from": None})  # that is the student's
+            return train_stage("baseline", config, baseline_cfg, baseline, supervised(baseline), data, log, best)
+
+        stages["baseline"] = baseline_stage(config, data, log, best, train_baseline)
 
     for name, result in stages.items():
         results[name] = _stage_entry(result)

@@ -32,6 +32,7 @@ class StageResult:
     test: dict[str, Any]
     best_epoch: int | None
     seconds: float
+    reused_from: str | None = None  # the cache entry it was read from, when it was not computed in this run
 
 
 def _quiet_lightning() -> None:

@@ -62,7 +62,7 @@ def evaluate_teacher(config: ExperimentConfig, teacher: MultiModalNet, data: Dat
                 mark_used(path)
                 log.info("reusing the teacher's dev/test scores from %s", path)
                 return StageResult(dev=stored["dev"], test=stored["test"], best_epoch=None,
-                                   seconds=time.perf_counter() - start)
+                                   seconds=time.perf_counter() - start, reused_from=str(path))
         except FileNotFoundError:
             pass
         except (ValueError, KeyError, AttributeError):

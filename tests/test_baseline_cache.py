@@ -1,0 +1,78 @@
+"""The baseline student is trained once per student setup, data and seed: a run that differs
+only in teacher or KD objective copies it, and the copy is exactly what training would give."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+from conftest import tiny_config
+from mmdistill.config.schema import ExperimentConfig
+from mmdistill.train import stage as stage_module
+from mmdistill.train.pipeline import run_experiment
+
+
+def _run(demo_root, out, name, preset="kd", baseline_cache=True, **student):
+    raw = tiny_config(demo_root, out)
+    raw["experiment_name"] = name
+    raw["objective"] = {"preset": preset}
+    raw["logging"]["plots"] = False
+    raw["training"]["student"].update(student)
+    raw["cache"] = {"baseline": baseline_cache}
+    config = ExperimentConfig.model_validate(raw)
+    return run_experiment(config), config.run_dir
+
+
+def _rows(run_dir, stage):
+    with open(run_dir / "metrics.csv") as f:
+        return [r for r in csv.DictReader(f) if r["stage"] == stage]
+
+
+def _trained_stages(monkeypatch):
+    names = []
+    real = stage_module.train_stage
+
+    def counting(name, *args, **kwargs):
+        names.append(name)
+        return real(name, *args, **kwargs)
+
+    import mmdistill.train.pipeline as pipeline
+    monkeypatch.setattr(pipeline, "train_stage", counting)
+    return names
+
+
+def test_a_baseline_is_trained_once_and_equals_a_fresh_one(demo_root, tmp_path, monkeypatch):
+    trained = _trained_stages(monkeypatch)
+    first, first_dir = _run(demo_root, tmp_path, "kd")
+    assert trained == ["teacher", "student", "baseline"]
+
+    trained.clear()  # another KD objective and another teacher: the baseline is copied
+    second, second_dir = _run(demo_root, tmp_path, "kl_bce", preset="kl_bce")
+    assert trained == ["teacher", "student"]
+    assert second["baseline"]["reused_from"].startswith(str(tmp_path / "cache" / "baselines"))
+    assert {k: second["baseline"][k] for k in ("dev", "test", "best_epoch")} == \
+           {k: first["baseline"][k] for k in ("dev", "test", "best_epoch")}
+    assert _rows(second_dir, "baseline") == _rows(first_dir, "baseline") and _rows(second_dir, "baseline")
+    assert (second_dir / "checkpoints" / "baseline_best.safetensors").read_bytes() == \
+           (first_dir / "checkpoints" / "baseline_best.safetensors").read_bytes()
+    assert (second_dir / "confusion" / "baseline_finding_test.npy").is_file()
+
+    trained.clear()  # trained again with the cache off: the same numbers, so sharing changed nothing
+    fresh, _ = _run(demo_root, tmp_path, "fresh", preset="kl_bce", baseline_cache=False)
+    assert trained == ["teacher", "student", "baseline"]
+    assert fresh["baseline"]["test"] == first["baseline"]["test"] and "reused_from" not in fresh["baseline"]
+
+    trained.clear()  # a student setting is the baseline's too: a new key
+    _run(demo_root, tmp_path, "lr", lr=1e-3)
+    assert trained == ["teacher", "student", "baseline"]
+    assert len(list((tmp_path / "cache" / "baselines").iterdir())) == 2
+
+
+def test_a_damaged_entry_is_trained_again_and_replaced(demo_root, tmp_path, monkeypatch):
+    _run(demo_root, tmp_path, "a")
+    entry = next((tmp_path / "cache" / "baselines").iterdir())
+    (entry / "result.json").write_text('{"key": ')
+    trained = _trained_stages(monkeypatch)
+    again, _ = _run(demo_root, tmp_path, "b")
+    assert trained == ["teacher", "student", "baseline"] and "reused_from" not in again["baseline"]
+    assert json.loads((entry / "result.json").read_text())["test"]["score"] == again["baseline"]["test"]["score"]
