@@ -69,7 +69,10 @@ def _store(entry: Path, key: str, result: StageResult, rows: list[dict], weights
         (tmp / RESULT_FILE).write_text(json.dumps({
             "key": key, "dev": result.dev, "test": result.test, "best_epoch": result.best_epoch,
             "seconds": result.seconds, "rows": rows}, indent=1))
-        if entry.exists():  # damaged, or another run stored the same baseline first
+        if _read(entry, key) is not None:  # another run stored the same baseline first; keep theirs,
+            shutil.rmtree(tmp, ignore_errors=True)  # which a third run may be copying right now
+            return
+        if entry.exists():  # damaged
             shutil.rmtree(entry, ignore_errors=True)
         os.rename(tmp, entry)
     except OSError:  # lost a race to an identical entry, or no room: the run's own results stand
@@ -88,8 +91,12 @@ def baseline_stage(config: ExperimentConfig, data: DataBundle, metrics: MetricsL
     stored = _read(entry, key)
     if stored is not None:
         mark_used(entry / RESULT_FILE)
-        with atomic_path(best_path) as tmp:
-            shutil.copyfile(entry / WEIGHTS_FILE, tmp)
+        try:
+            with atomic_path(best_path) as tmp:
+                shutil.copyfile(entry / WEIGHTS_FILE, tmp)
+        except FileNotFoundError:  # pruned (`mmdistill cache`) between the check and the copy
+            stored = None
+    if stored is not None:
         for row in stored["rows"]:
             metrics.append(row)
         log.info("baseline student reused from %s (same student, data and seed)", entry)
