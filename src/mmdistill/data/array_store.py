@@ -192,10 +192,12 @@ def mark_used(path: Path) -> None:
 
 
 def open_or_build(path: Path, key: str, build: Callable[[], ArrayStore], what: str,
-                  valid: Callable[[ArrayStore], bool] | None = None) -> tuple[ArrayStore, bool]:
+                  valid: Callable[[ArrayStore], bool] | None = None) -> tuple[ArrayStore | None, bool]:
     """The complete store keyed `key` at `path`, or, when it is missing, stale, damaged or not
     `valid`, whatever is there removed (with a warning naming `what`) and `build()`'s store;
-    the flag says whether it was built."""
+    the flag says whether it was built. A cache only saves time, so one that cannot be written
+    (disk full, read-only or missing directory) is (None, False) with a warning, and the caller
+    goes on without it rather than failing a run that would otherwise finish."""
     store = ArrayStore.open(path, key)
     if store is not None and (valid is None or valid(store)):
         mark_used(path / STORE_FILE)
@@ -203,4 +205,8 @@ def open_or_build(path: Path, key: str, build: Callable[[], ArrayStore], what: s
     if path.exists():
         log.warning("%s cache %s is incomplete or damaged; rebuilding it", what, path)
         shutil.rmtree(path, ignore_errors=True)
-    return build(), True
+    try:
+        return build(), True
+    except OSError as exc:
+        log.warning("could not write the %s cache %s (%s); going on without it", what, path, exc)
+        return None, False

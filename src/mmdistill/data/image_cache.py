@@ -160,14 +160,18 @@ def _build_widening(path: Path, key: str, dataset: "MultiModalDataset", split: s
     return store
 
 
-def open_or_build_images(dataset: "MultiModalDataset", split: str, name: str, config: "ExperimentConfig") -> ImageCache:
-    """The cache of modality `name` of `dataset`, built now if missing, stale or damaged."""
+def open_or_build_images(dataset: "MultiModalDataset", split: str, name: str,
+                         config: "ExperimentConfig") -> ImageCache | None:
+    """The cache of modality `name` of `dataset`, built now if missing, stale or damaged; None
+    when it cannot be written (the dataset then decodes the files)."""
     spec = dataset._image_specs[name]
     key = image_cache_key(dataset, name, spec)
     path = cache_path(config, split, name, spec, key)
     shape = (len(dataset.records), spec.total_channels, spec.size, spec.size)
     store, built = open_or_build(path, key, lambda: _build_widening(path, key, dataset, split, name, spec, config),
                                  "decoded-image", valid=lambda store: store.shape(ARRAY) == shape)
+    if store is None:
+        return None
     if not built:
         log.info("reusing decoded images (%s, %s %dpx, %d samples) from %s", split, name, spec.size, shape[0], path)
     return ImageCache(store)
@@ -181,4 +185,6 @@ def attach_image_caches(data: "DataBundle", config: "ExperimentConfig", modaliti
             continue
         for name in dataset._image_specs:
             if modalities is None or name in modalities:
-                dataset.attach_image_cache(name, open_or_build_images(dataset, split, name, config))
+                cache = open_or_build_images(dataset, split, name, config)
+                if cache is not None:
+                    dataset.attach_image_cache(name, cache)

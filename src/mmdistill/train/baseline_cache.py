@@ -51,7 +51,7 @@ def baseline_cache_key(config: ExperimentConfig, data: DataBundle) -> str:
 def _read(entry: Path, key: str) -> dict | None:
     try:
         stored = json.loads((entry / RESULT_FILE).read_text())
-    except FileNotFoundError:
+    except OSError:  # not there (or no cache directory at all)
         return None
     except ValueError:
         log.warning("baseline cache %s is damaged; training the baseline again", entry)
@@ -63,8 +63,8 @@ def _read(entry: Path, key: str) -> dict | None:
 
 def _store(entry: Path, key: str, result: StageResult, rows: list[dict], weights: Path) -> None:
     tmp = entry.with_name(f".{entry.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
     try:
+        tmp.mkdir(parents=True)
         shutil.copyfile(weights, tmp / WEIGHTS_FILE)
         (tmp / RESULT_FILE).write_text(json.dumps({
             "key": key, "dev": result.dev, "test": result.test, "best_epoch": result.best_epoch,
@@ -75,8 +75,10 @@ def _store(entry: Path, key: str, result: StageResult, rows: list[dict], weights
         if entry.exists():  # damaged
             shutil.rmtree(entry, ignore_errors=True)
         os.rename(tmp, entry)
-    except OSError:  # lost a race to an identical entry, or no room: the run's own results stand
+    except OSError as exc:  # lost a race to an identical entry, or no room: the run's own results stand
         shutil.rmtree(tmp, ignore_errors=True)
+        if _read(entry, key) is None:
+            log.warning("could not store the baseline in %s (%s); later runs will train their own", entry, exc)
 
 
 def baseline_stage(config: ExperimentConfig, data: DataBundle, metrics: MetricsLog, best_path: Path,
@@ -103,6 +105,5 @@ def baseline_stage(config: ExperimentConfig, data: DataBundle, metrics: MetricsL
         return StageResult(dev=stored["dev"], test=stored["test"], best_epoch=stored["best_epoch"],
                            seconds=time.perf_counter() - start, reused_from=str(entry))
     result = train()
-    entry.parent.mkdir(parents=True, exist_ok=True)
     _store(entry, key, result, [r for r in metrics.rows if r["stage"] == STAGE], best_path)
     return result

@@ -203,6 +203,8 @@ def teacher_source(config: ExperimentConfig, teacher: MultiModalNet, objective: 
     path = config.cache_dir / "teacher" / key
     store, built = open_or_build(path, key, lambda: build_teacher_store(path, key, config, teacher, data, fields),
                                  "teacher output")
+    if store is None:
+        return FrozenTeacher(teacher)
     log.info("teacher outputs cached in %s" if built else "reusing cached teacher outputs from %s", path)
     return CachedTeacher(store)
 

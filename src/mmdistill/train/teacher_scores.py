@@ -46,7 +46,10 @@ def remember_teacher_scores(config: ExperimentConfig, teacher: MultiModalNet, da
     that load its checkpoint, as a sweep's variants do, need not evaluate it again."""
     if config.cache.teacher:
         key = teacher_scores_key(config, teacher, data)
-        write_json_atomic(_path(config, key), {"key": key, "dev": result.dev, "test": result.test})
+        try:
+            write_json_atomic(_path(config, key), {"key": key, "dev": result.dev, "test": result.test})
+        except OSError as exc:  # a cache only saves time: the run's own results stand
+            log.warning("could not store the teacher's scores in %s (%s)", _path(config, key), exc)
 
 
 def evaluate_teacher(config: ExperimentConfig, teacher: MultiModalNet, data: DataBundle) -> StageResult:
@@ -63,7 +66,7 @@ def evaluate_teacher(config: ExperimentConfig, teacher: MultiModalNet, data: Dat
                 log.info("reusing the teacher's dev/test scores from %s", path)
                 return StageResult(dev=stored["dev"], test=stored["test"], best_epoch=None,
                                    seconds=time.perf_counter() - start, reused_from=str(path))
-        except FileNotFoundError:
+        except OSError:  # not stored yet (or no cache directory at all)
             pass
         except (ValueError, KeyError, AttributeError):
             log.warning("teacher score cache %s is damaged; evaluating the teacher again", path)

@@ -59,6 +59,8 @@ def _vectors(config: ExperimentConfig, spec: dict, texts: list[str]):
         path = config.cache_dir / "text" / key
         store, _ = open_or_build(path, key, lambda: _build(path, key, encoder, texts, config.logging.progress_bar),
                                  "text vector")
+        if store is None:  # not writable: the encoder computes and memoizes them itself
+            return {}
         vectors = torch.from_numpy(store.read("vectors", np.arange(len(texts))))
         store.close()
         return dict(zip(texts, vectors))
