@@ -10,7 +10,7 @@
    time spent waiting for the next batch (`next(loader)`) rather than computing.
 3. Peak RSS of a process reading a cache of N and of 10 N samples (fresh child processes, each
    reporting its own peak, VmHWM; see `peak_rss_mib`), which should be equal: rows are read by offset, not mapped
-   (data/array_store.py), so a larger cache costs disk and page cache, not process memory.
+   (cache/store.py), so a larger cache costs disk and page cache, not process memory.
 
 Ends with `samples_per_s_raw=`, `samples_per_s_cache=`, `speedup=`, `wait_share_raw=`,
 `wait_share_cache=`, `peak_rss_mib=` (and `rss_ratio_10x=`) lines. The images are the demo
@@ -37,8 +37,8 @@ from PIL import Image
 from mmdistill.config.schema import ExperimentConfig
 from mmdistill.data.dataset import DataBundle, load_data
 from mmdistill.data.demo import write_demo
-from mmdistill.data.image_cache import attach_image_caches
-from mmdistill.train.pipeline import build_model
+from mmdistill.cache.images import attach_image_caches
+from mmdistill.models.build import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rss import peak_rss_mib  # noqa: E402

@@ -16,7 +16,7 @@ teacher-output cache, measured in one run on the same data.
    the next one starts, again so that drift falls on both arms. The ideal is `ratio_onthefly_vs_alone`:
    every KD run as cheap as the student alone.
 3. Peak RSS of a KD student stage reading a cache of N and of 10 N samples (fresh processes),
-   which should be equal: the caches are read by offset, not mapped (data/array_store.py).
+   which should be equal: the caches are read by offset, not mapped (cache/store.py).
 
 Ends with `ratio_cache_vs_alone=`, `ratio_onthefly_vs_alone=` and `grid_speedup=` lines.
 Teachers are random-init (their accuracy does not change their cost); nothing is downloaded.
@@ -39,11 +39,13 @@ import lightning as L
 from mmdistill.config.schema import ExperimentConfig
 from mmdistill.data.demo import write_demo
 from mmdistill.losses.objective import build_objective
-from mmdistill.train.checkpoints import load_weights, save_weights
-from mmdistill.train.pipeline import build_model, load_run_data, run_experiment
+from mmdistill.models.checkpoints import load_weights, save_weights
+from mmdistill.cache.images import load_run_data
+from mmdistill.models.build import build_model
+from mmdistill.run.experiment import run_experiment
 from mmdistill.train.recorder import MetricsLog
-from mmdistill.train.stage import train_stage
-from mmdistill.train.teacher_cache import teacher_source
+from mmdistill.train.fit import train_stage
+from mmdistill.train.teachers import teacher_source
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rss import peak_rss_mib  # noqa: E402

@@ -17,11 +17,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kd_overhead import make_config
-from mmdistill.train.pipeline import build_model, load_run_data
+from mmdistill.cache.images import load_run_data
+from mmdistill.models.build import build_model
 from mmdistill.losses.objective import build_objective
 from mmdistill.losses.terms import LossBatch
-from mmdistill.train.teacher_cache import teacher_source
-from mmdistill.train.checkpoints import load_weights
+from mmdistill.train.teachers import teacher_source
+from mmdistill.models.checkpoints import load_weights
 work = Path("runs/bench_kd_overhead")
 cfg = make_config(work / "data", work, 128, "resnet50", 1, checkpoint=work / "teacher_seed0.safetensors")
 data = load_run_data(cfg)

@@ -12,10 +12,10 @@ import argparse
 import time
 from pathlib import Path
 
-from mmdistill.config import load_config
+from mmdistill.preflight import load_config
 from mmdistill.data.demo import write_demo_data
 from mmdistill.losses.objective import PRESETS
-from mmdistill.train.pipeline import run_experiment
+from mmdistill.run.experiment import run_experiment
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
 

@@ -8,8 +8,8 @@ import json
 
 from conftest import tiny_config
 from mmdistill.config.schema import ExperimentConfig
-from mmdistill.train import stage as stage_module
-from mmdistill.train.pipeline import run_experiment
+from mmdistill.train import fit as stage_module
+from mmdistill.run.experiment import run_experiment
 
 
 def _run(demo_root, out, name, preset="kd", baseline_cache=True, **student):
@@ -36,8 +36,7 @@ def _trained_stages(monkeypatch):
         names.append(name)
         return real(name, *args, **kwargs)
 
-    import mmdistill.train.pipeline as pipeline
-    monkeypatch.setattr(pipeline, "train_stage", counting)
+    monkeypatch.setattr(stage_module, "train_stage", counting)
     return names
 
 

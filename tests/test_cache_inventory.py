@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from mmdistill.cli import main
-from mmdistill.data.array_store import STORE_FILE, ArrayStore, StoreWriter, open_or_build
-from mmdistill.data.cache_inventory import list_entries, prune
+from mmdistill.cache.store import STORE_FILE, ArrayStore, StoreWriter, open_or_build
+from mmdistill.cache.inventory import list_entries, prune
 
 DAY = 86400.0
 

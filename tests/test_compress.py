@@ -15,7 +15,7 @@ from mmdistill.compress.measure import count_params, predict_split, score
 from mmdistill.compress.runfiles import load_run
 from mmdistill.compress.tensor_model import input_sizes, plain_batches, tensor_student
 from mmdistill.config.schema import ExperimentConfig
-from mmdistill.train.pipeline import run_experiment
+from mmdistill.run.experiment import run_experiment
 
 # tiny and quick: one fine-tuning epoch, a handful of timed runs
 COMPRESS = {"sparsity": 0.6, "channel_sparsity": 0.5, "finetune_epochs": 1, "calibration_samples": 32,

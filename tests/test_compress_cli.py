@@ -18,8 +18,8 @@ from conftest import tiny_config
 from mmdistill.cli import main
 from mmdistill.config.schema import ExperimentConfig
 from mmdistill.data.dataset import load_data
-from mmdistill.train.checkpoints import save_weights
-from mmdistill.train.pipeline import build_model
+from mmdistill.models.checkpoints import save_weights
+from mmdistill.models.build import build_model
 
 QUICK = ["--set", "compress.repeats=2", "--set", "compress.warmup=1", "--set", "compress.calibration_samples=16"]
 

@@ -15,7 +15,7 @@ from mmdistill.compress.measure import count_params, nondeterministic
 from mmdistill.compress.tensor_model import input_sizes, plain_batches, tensor_student, tensors_of
 from mmdistill.config.schema import ExperimentConfig
 from mmdistill.data.dataset import load_data
-from mmdistill.train.pipeline import build_model
+from mmdistill.models.build import build_model
 
 
 def student(demo_root, tmp_path, encoder: dict):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import tiny_config, write_config
-from mmdistill.config import load_config
+from mmdistill.preflight import load_config
 from mmdistill.errors import UserError
 
 

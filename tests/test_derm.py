@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmdistill.config import load_config
+from mmdistill.preflight import load_config
 from mmdistill.data.dataset import load_data
 from mmdistill.data.demo import write_derm
 from mmdistill.errors import UserError

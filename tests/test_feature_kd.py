@@ -49,7 +49,7 @@ def test_extract_then_run_scores_teacher_and_student_by_probes(root, tmp_path, c
 
 
 def test_data_root_defaults_to_the_DATA_ROOT_environment_variable(root, monkeypatch):
-    from mmdistill.config import load_config
+    from mmdistill.preflight import load_config
 
     monkeypatch.setenv("DATA_ROOT", str(root))
     assert load_config(RECIPE).data.root == root

@@ -14,10 +14,10 @@ from PIL import Image
 import mmdistill.data.dataset as dataset_module
 from conftest import tiny_config
 from mmdistill.config.schema import ExperimentConfig
-from mmdistill.data.array_store import ArrayStore
+from mmdistill.cache.store import ArrayStore
 from mmdistill.data.dataset import load_data
 from mmdistill.data.demo import write_demo
-from mmdistill.data.image_cache import ARRAY, attach_image_caches
+from mmdistill.cache.images import ARRAY, attach_image_caches
 from mmdistill.errors import UserError
 
 SIZES = {"train": 8, "dev": 4, "test": 4}
@@ -95,7 +95,7 @@ def test_second_call_reuses_and_epochs_decode_nothing(root, tmp_path, decodes, c
     assert len(decodes) == sum(SIZES.values())
     decodes.clear()
     data = load_data(config)
-    with caplog.at_level("INFO", logger="mmdistill.data.image_cache"):
+    with caplog.at_level("INFO", logger="mmdistill.cache.images"):
         attach_image_caches(data, config)
     assert decodes == []
     assert sum("reusing decoded images" in r.message for r in caplog.records) == 3
@@ -230,7 +230,7 @@ def test_only_the_named_modalities_are_cached(root, tmp_path):
 
 def test_store_reads_zero_rows(tmp_path):
     """`ArrayStore.read` of no rows is an empty batch, not a reshape error."""
-    from mmdistill.data.array_store import StoreWriter
+    from mmdistill.cache.store import StoreWriter
 
     with StoreWriter(tmp_path / "s", "k") as writer:
         writer.declare("a", (2, 3, 4), np.uint8)

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from conftest import tiny_config, write_config
-from mmdistill.config import load_config
+from mmdistill.preflight import load_config
 from mmdistill.config.schema import ImageModality, StackedImageModality
 from mmdistill.data.dataset import load_data
 from mmdistill.data.images import load_image

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from conftest import tiny_config, write_config
-from mmdistill.config import load_config
+from mmdistill.preflight import load_config
 from mmdistill.config.schema import ExperimentConfig
 from mmdistill.data.dataset import load_data
 from mmdistill.errors import UserError
 from mmdistill.losses.terms import LossBatch, TaskLoss, TaskParams
 from mmdistill.models.net import ModelOutput, TaskInfo
-from mmdistill.train.pipeline import run_experiment
+from mmdistill.run.experiment import run_experiment
 
 
 def test_balanced_weights_come_from_train_counts():

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import tiny_config, write_config
-from mmdistill.config import load_config
+from mmdistill.preflight import load_config
 from mmdistill.config.schema import ExperimentConfig, ImageModality, ModelSpec, TermSpec
 from mmdistill.errors import UserError
 from mmdistill.losses.attention import ATParams, AttentionTransfer

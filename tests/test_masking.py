@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from conftest import tiny_config, write_config
-from mmdistill.config import load_config
+from mmdistill.preflight import load_config
 from mmdistill.config.schema import EmbeddingModality, ImageModality, ModelSpec
 from mmdistill.errors import UserError
 from mmdistill.losses.terms import AuxTaskLoss, AuxTaskParams, LossBatch
 from mmdistill.models.fusion import FUSIONS
 from mmdistill.models.net import MultiModalNet, TaskInfo
-from mmdistill.train.pipeline import run_experiment
+from mmdistill.run.experiment import run_experiment
 
 MODS = {"image": ImageModality(kind="image", column="i", size=8), "text": EmbeddingModality(kind="embedding", column="t")}
 TASKS = [TaskInfo("y", "multiclass", ("a", "b", "c"))]

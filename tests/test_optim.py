@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from conftest import tiny_config, write_config
-from mmdistill.config import load_config
+from mmdistill.preflight import load_config
 from mmdistill.config.schema import ImageModality, ModelSpec, StageTraining
 from mmdistill.losses.objective import build_objective
 from mmdistill.models.net import MultiModalNet, TaskInfo
 from mmdistill.train.optim import build_optimizer
-from mmdistill.train.pipeline import run_experiment
+from mmdistill.run.experiment import run_experiment
 from mmdistill.train.warmup import BackboneWarmup
 
 TASKS = [TaskInfo("y", "multiclass", ("a", "b"))]

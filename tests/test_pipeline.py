@@ -10,8 +10,8 @@ import pytest
 
 from conftest import tiny_config, write_config
 from mmdistill.cli import main
-from mmdistill.config import load_config
-from mmdistill.train.pipeline import run_experiment
+from mmdistill.preflight import load_config
+from mmdistill.run.experiment import run_experiment
 
 
 @pytest.fixture(scope="module")

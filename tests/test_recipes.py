@@ -46,7 +46,7 @@ def test_smoke_swaps_backbones_for_tiny_ones_of_the_same_family():
 
 
 def test_every_recipe_validates_as_written():
-    from mmdistill.config import load_config
+    from mmdistill.preflight import load_config
 
     for path in sorted(RECIPES.glob("*.yaml")):
         assert load_config(path).experiment_name

@@ -10,7 +10,7 @@ import shutil
 from conftest import tiny_config
 from mmdistill.config.schema import ExperimentConfig
 from mmdistill.data.dataset import load_data
-from mmdistill.data.records_digest import data_signature
+from mmdistill.cache.keys import data_signature
 
 
 def _signature(root, tmp_path):

@@ -19,8 +19,8 @@ from mmdistill.config.schema import ExperimentConfig
 from mmdistill.data.dataset import load_data
 from mmdistill.eval.embeddings import collect_features, plot_embedding_map, tsne_2d, umap_available, write_run_plots
 from mmdistill.eval.plots import curve_columns, plot_stage_curves
-from mmdistill.train.checkpoints import save_weights
-from mmdistill.train.pipeline import build_model
+from mmdistill.models.checkpoints import save_weights
+from mmdistill.models.build import build_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

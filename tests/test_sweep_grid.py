@@ -11,7 +11,7 @@ from mmdistill.cli import main
 from mmdistill.config.schema import SweepExecutorSpec, SweepSpec
 from mmdistill.errors import UserError
 from mmdistill.sweep.grid import Variant, apply_variant, expand_grid, set_dotted, short_keys, slug
-from mmdistill.sweep.hashing import config_hash, teacher_key
+from mmdistill.config.hashing import config_hash, teacher_key
 
 
 def test_grid_expands_to_every_combination_with_readable_names():

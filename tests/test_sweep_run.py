@@ -15,7 +15,7 @@ import yaml
 from conftest import tiny_config, write_config
 from mmdistill.cli import main
 from mmdistill.config.schema import ExperimentConfig
-from mmdistill.sweep.hashing import config_hash
+from mmdistill.config.hashing import config_hash
 from mmdistill.sweep.runner import run_sweep
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -86,7 +86,7 @@ def test_the_teacher_is_trained_once_per_seed_and_shared(sweep):
 
 
 def test_aggregation_and_best_config(sweep):
-    from mmdistill.config import load_config
+    from mmdistill.preflight import load_config
 
     agg = json.loads((sweep["dir"] / "aggregated_results.json").read_text())
     assert list(agg["variants"]) == list(VARIANTS)

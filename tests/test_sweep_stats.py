@@ -144,7 +144,7 @@ def test_stale_results_are_not_counted(tmp_path, demo_root):
 
 
 def test_tune_mode_min_and_best_config_loads(tmp_path, demo_root):
-    from mmdistill.config import load_config
+    from mmdistill.preflight import load_config
 
     root = tmp_path / "x"
     _fake_sweep(root, demo_root, tune={"metric": "student.test.tasks.finding.f1_per_class.b", "mode": "min"})

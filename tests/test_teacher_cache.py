@@ -18,9 +18,11 @@ from mmdistill.config.schema import ExperimentConfig
 from mmdistill.data.dataset import load_data
 from mmdistill.data.views import ViewSampler
 from mmdistill.losses.objective import build_objective
-from mmdistill.train import teacher_cache
-from mmdistill.train.pipeline import build_model, run_experiment
-from mmdistill.train.teacher_cache import CachedTeacher, FrozenTeacher, cache_key, teacher_fields, teacher_source
+from mmdistill.cache import teacher_outputs as teacher_cache
+from mmdistill.models.build import build_model
+from mmdistill.run.experiment import run_experiment
+from mmdistill.cache.keys import teacher_outputs_key as cache_key
+from mmdistill.train.teachers import CachedTeacher, FrozenTeacher, teacher_fields, teacher_source
 
 # logit KD, feature regression on the fused vector, and attention transfer on the feature map:
 # one term per kind of stored field
@@ -217,7 +219,7 @@ def test_no_teacher_cache_flag_turns_the_cache_off():
 
 
 def test_a_checkpointed_teachers_scores_are_computed_once_per_weights_and_data(demo_root, tmp_path, monkeypatch):
-    from mmdistill.train import teacher_scores
+    from mmdistill.train import fit
 
     root = tmp_path / "data"
     shutil.copytree(demo_root, root)
@@ -227,8 +229,8 @@ def test_a_checkpointed_teachers_scores_are_computed_once_per_weights_and_data(d
     trained = json.loads((first.run_dir / "results.json").read_text())["teacher"]
 
     evaluations = []
-    real = teacher_scores.evaluate_only
-    monkeypatch.setattr(teacher_scores, "evaluate_only", lambda *a: evaluations.append(1) or real(*a))
+    real = fit.evaluate_only
+    monkeypatch.setattr(fit, "evaluate_only", lambda *a: evaluations.append(1) or real(*a))
 
     def run(config_dir, **cache):
         config = _config(root, tmp_path / "out", **cache).model_copy(deep=True)

@@ -12,7 +12,7 @@ from conftest import tiny_config
 from mmdistill.config.schema import ExperimentConfig
 from mmdistill.data.dataset import load_data
 from mmdistill.models.encoders import TextEncoder
-from mmdistill.train.pipeline import build_model
+from mmdistill.models.build import build_model
 
 
 def _config(demo_root, out, **cache) -> ExperimentConfig:

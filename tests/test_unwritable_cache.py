@@ -8,7 +8,7 @@ import logging
 
 from conftest import tiny_config
 from mmdistill.config.schema import ExperimentConfig
-from mmdistill.train.pipeline import run_experiment
+from mmdistill.run.experiment import run_experiment
 
 ALL_CACHES = ("images", "teacher", "text", "baseline")
 

@@ -7,25 +7,11 @@ else (the traceback is kept: that is a bug for us to fix, not a typo for the use
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
-import warnings
 from typing import Sequence
 
+from mmdistill.environment import prepare_process
 from mmdistill.errors import UserError
-
-
-def _quiet_libraries() -> None:
-    """Keep the terminal for our progress bars and results, not library chatter."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -45,8 +31,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from mmdistill.config import load_config
-    from mmdistill.train.pipeline import run_experiment, summary_table
+    from mmdistill.preflight import load_config
+    from mmdistill.run.experiment import run_experiment, summary_table
 
     config = load_config(args.config, _overrides(args))
     if args.smoke:
@@ -60,10 +46,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from mmdistill.config import load_config
     from mmdistill.data.checks import check_images, summary
     from mmdistill.data.dataset import load_data
-    from mmdistill.train.pipeline import check_models
+    from mmdistill.preflight import check_models, load_config
 
     config = load_config(args.config, args.overrides)
     data = load_data(config)
@@ -108,8 +93,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from mmdistill.config import load_config
-    from mmdistill.train.extract import extract_embeddings
+    from mmdistill.preflight import load_config
+    from mmdistill.run.extract import extract_embeddings
 
     config = load_config(args.config, args.overrides)
     if args.smoke:
@@ -129,7 +114,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from mmdistill.data.cache_inventory import format_table, list_entries, prune, resolve_cache_dir
+    from mmdistill.cache.inventory import format_table, list_entries, prune, resolve_cache_dir
 
     cache_dir = resolve_cache_dir(args.dir)
     if args.older_than is None:
@@ -196,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _quiet_libraries()
+    prepare_process()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

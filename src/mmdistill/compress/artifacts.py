@@ -21,6 +21,7 @@ from mmdistill.compress.runfiles import LoadedRun, load_checkpoint
 from mmdistill.compress.tensor_model import input_sizes, plain_batches, tensor_student, tensors_of
 from mmdistill.errors import UserError
 from mmdistill.io import atomic_path
+from mmdistill.models.build import build_model
 from mmdistill.models.net import MultiModalNet
 
 FILES = {
@@ -49,8 +50,6 @@ def save_student(model: MultiModalNet, path: Path, plan: dict[str, dict[str, int
 
 def load_student(run: LoadedRun, path: Path, what: str) -> MultiModalNet:
     """A student checkpoint written by save_student (or the run's own), rebuilt to its shape."""
-    from mmdistill.train.pipeline import build_model
-
     if not path.is_file():
         raise UserError(f"{what}: checkpoint not found: {path}")
     try:

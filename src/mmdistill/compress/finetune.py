@@ -16,7 +16,7 @@ from mmdistill.data.dataset import DataBundle, class_counts
 from mmdistill.losses.objective import build_objective
 from mmdistill.models.net import MultiModalNet
 from mmdistill.train.recorder import MetricsLog
-from mmdistill.train.stage import StageResult, train_stage
+from mmdistill.train.fit import StageResult, train_stage
 
 
 def finetune(name: str, config: ExperimentConfig, spec: CompressSpec, student: MultiModalNet,

@@ -20,7 +20,7 @@ from torch import nn
 
 from mmdistill.compress.tensor_model import flat_logits, plain_batches, split_logits, tensors_of
 from mmdistill.eval.metrics import evaluate, predictions
-from mmdistill.models.net import TaskInfo
+from mmdistill.data.labels import TaskInfo
 
 # A predictor maps a batch's `inputs` dict to flat logits [B, total task outputs] (float32, CPU).
 Predictor = Callable[[dict[str, Any]], torch.Tensor]

@@ -8,14 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from pydantic import ValidationError
-
-from mmdistill.config.loading import apply_overrides, format_validation_error, read_config_file
+from mmdistill.cache.images import load_run_data
+from mmdistill.config.loading import apply_overrides, read_config_file
 from mmdistill.config.schema import CompressSpec, ExperimentConfig
 from mmdistill.data.dataset import DataBundle
 from mmdistill.errors import UserError
+from mmdistill.models.build import build_model
+from mmdistill.models.checkpoints import load_weights
 from mmdistill.models.net import MultiModalNet
-from mmdistill.train.checkpoints import load_weights
+from mmdistill.preflight import checked_config
 
 
 @dataclass
@@ -55,15 +56,7 @@ def load_run_config(files: RunFiles, overrides: Iterable[str] = ()) -> Experimen
     raw = read_config_file(files.config)
     if not isinstance(raw.get("compress"), dict):
         raw["compress"] = {}
-    raw = apply_overrides(raw, overrides)
-    try:
-        config = ExperimentConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise UserError(format_validation_error(exc, raw, str(files.config))) from None
-    from mmdistill.config.checks import check_consistency
-
-    check_consistency(config, str(files.config))
-    return config
+    return checked_config(apply_overrides(raw, overrides), str(files.config))
 
 
 def read_results(files: RunFiles) -> dict[str, Any]:
@@ -105,7 +98,6 @@ def load_run(run_dir: str | Path, overrides: Iterable[str] = (), data: DataBundl
     """Everything compression reads, loaded and checked; raises UserError naming the file."""
     import lightning as L
 
-    from mmdistill.train.pipeline import build_model, load_run_data
 
     files = RunFiles(Path(run_dir))
     if config is None:

@@ -1,6 +1,11 @@
-"""Experiment configuration: schema, loading with overrides, and cross-section checks."""
+"""Experiment configuration: the schema, reading a file with `--set` overrides, the checks
+that read the config alone, and the hashes that say when two configs make the same run.
 
-from mmdistill.config.loading import load_config
+The whole check before a run, against the registries of models and loss terms too, is
+`mmdistill.preflight.load_config`.
+"""
+
+from mmdistill.config.loading import read_config, validate_config
 from mmdistill.config.schema import ExperimentConfig
 
-__all__ = ["ExperimentConfig", "load_config"]
+__all__ = ["ExperimentConfig", "read_config", "validate_config"]

@@ -1,6 +1,8 @@
-"""Checks that span sections (a student encoder must read a modality the data declares, a loss
-term must find the features it reads), done at load time so a bad combination fails before
-any data is read or any model is built."""
+"""Checks that span sections of the config (a student encoder must read a modality the data
+declares, masking must name a modality the model reads, weighted sampling a declared task),
+done at load time so a bad combination fails before any data is read or any model is built.
+Checks that also need the registries of models and losses (fusion parameters, loss terms and
+the features they read) are one level up, in `mmdistill/preflight.py`."""
 
 from __future__ import annotations
 
@@ -39,15 +41,3 @@ def check_consistency(config: ExperimentConfig, source: str) -> None:
         if task is not None and task not in config.tasks:
             raise UserError(f"{source}: training.{stage}.weighted_sampling: no task {task!r} "
                             f"(tasks: {', '.join(config.tasks)})")
-    from mmdistill.losses.objective import check_objective
-    from mmdistill.models.fusion import check_fusion
-
-    for role in ("teacher", "student"):
-        try:
-            check_fusion(getattr(config, role).fusion, f"{role}.fusion")
-        except UserError as exc:
-            raise UserError(f"{source}: {exc}") from None
-    try:
-        check_objective(config)
-    except UserError as exc:
-        raise UserError(f"{source}: {exc}") from None

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 import yaml
 from pydantic import ValidationError
 
+from mmdistill.config.checks import check_consistency
 from mmdistill.config.schema import ExperimentConfig
 from mmdistill.errors import UserError
 
@@ -110,14 +111,18 @@ def format_validation_error(exc: ValidationError, raw: Any, source: str) -> str:
     return f"{source}: {key}: {msg}{more}"
 
 
-def load_config(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:
-    """Read, override, validate and cross-check a config; raises UserError on any problem."""
-    raw = apply_overrides(read_config_file(path), overrides)
+def validate_config(raw: dict[str, Any], source: str) -> ExperimentConfig:
+    """A raw config tree as an ExperimentConfig, checked by the schema and by the checks that
+    read the config alone (`checks.py`); raises UserError naming `source` and the key. What
+    needs the registries of models and losses too is `mmdistill/preflight.py`."""
     try:
         config = ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
-        raise UserError(format_validation_error(exc, raw, str(path))) from None
-    from mmdistill.config.checks import check_consistency
-
-    check_consistency(config, str(path))
+        raise UserError(format_validation_error(exc, raw, source)) from None
+    check_consistency(config, source)
     return config
+
+
+def read_config(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Read a config file, apply `--set` overrides, and validate it (`validate_config`)."""
+    return validate_config(apply_overrides(read_config_file(path), overrides), str(path))

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Sequen
 from mmdistill.config.schema import SPLITS, ExperimentConfig, ImageModality, ModalitySpec, StackedImageModality
 from mmdistill.data.augment import Augmenter
 from mmdistill.data.images import load_image
-from mmdistill.data.labels import discover_tasks, encode_labels
+from mmdistill.data.labels import TaskInfo, discover_tasks, encode_labels
 from mmdistill.data.derm import read_derm
 from mmdistill.data.embeddings import read_embeddings_source
 from mmdistill.data.medpix import read_medpix
@@ -28,7 +28,6 @@ from mmdistill.data.stats import resolve_image_stats
 from mmdistill.data.table import read_table
 from mmdistill.data.views import ViewSampler
 from mmdistill.errors import UserError
-from mmdistill.models.net import TaskInfo
 from mmdistill.registry import Registry
 
 SOURCES: Registry[Callable[[Any], RawSplits]] = Registry("data source")
@@ -52,7 +51,7 @@ class MultiModalDataset(Dataset):
         self._mean_std = {n: (torch.tensor(s.mean or [0.5] * s.total_channels).view(-1, 1, 1),
                               torch.tensor(s.std or [0.5] * s.total_channels).view(-1, 1, 1))
                           for n, s in self._image_specs.items()}
-        # modality -> decoded-image cache (data/image_cache.py); modalities not in it read the files
+        # modality -> decoded-image cache (cache/images.py); modalities not in it read the files
         self._image_caches: dict[str, Any] = {}
 
     def __len__(self) -> int:

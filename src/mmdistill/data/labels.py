@@ -4,12 +4,27 @@ is an error naming its row rather than a silently wrong index."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from mmdistill.config.schema import TaskSpec
 from mmdistill.data.records import Record
 from mmdistill.errors import UserError
-from mmdistill.models.net import TaskInfo
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """A task as the model sees it: binary tasks have one logit, multiclass one per class.
+    Defined with the labels, since its classes are what `discover_tasks` finds in train."""
+
+    name: str
+    type: str
+    classes: tuple[str, ...]
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.type == "binary" else len(self.classes)
+
 
 TRUE = {"1", "1.0", "true", "yes", "y", "t"}
 FALSE = {"0", "0.0", "false", "no", "n", "f"}

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score
 
-from mmdistill.models.net import TaskInfo
+from mmdistill.data.labels import TaskInfo
 
 
 def predictions(task: TaskInfo, logits: torch.Tensor) -> np.ndarray:

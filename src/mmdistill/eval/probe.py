@@ -18,7 +18,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mmdistill.models.net import TaskInfo
+from mmdistill.data.labels import TaskInfo
 
 if TYPE_CHECKING:
     from mmdistill.data.dataset import DataBundle

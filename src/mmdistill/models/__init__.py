@@ -1,4 +1,5 @@
-"""Models: per-modality encoders, fusion registry, and the MultiModalNet that joins them."""
+"""Models: per-modality encoders, the fusion registry, the MultiModalNet that joins them, building
+a config's teacher or student (`build.py`), and their safetensors checkpoints (`checkpoints.py`)."""
 
 from mmdistill.models.net import ModelOutput, MultiModalNet, TaskInfo
 

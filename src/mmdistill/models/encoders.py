@@ -225,7 +225,7 @@ class TextEncoder(Encoder):
     A frozen text encoder memoizes its output per distinct string: a frozen model gives the
     same vector for the same text, and clinical descriptions repeat across images of a case.
     The memo is kept on the CPU, so moving the model (Lightning does at every stage) keeps it.
-    `vector_source`, when set (`train/text_cache.py`), fills the memo on the first forward of
+    `vector_source`, when set (`cache/text.py`), fills the memo on the first forward of
     these weights, from vectors stored on disk by an earlier run.
     """
 

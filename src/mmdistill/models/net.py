@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmdistill.config.schema import ModelSpec, ModalitySpec, TaskSpec
+from mmdistill.config.schema import ModelSpec, ModalitySpec
+from mmdistill.data.labels import TaskInfo
 from mmdistill.models.encoders import ENCODERS, Encoder
 from mmdistill.models.fusion import build_fusion
 
@@ -48,19 +49,6 @@ class ModelOutput:
                            "(the Objective does this for terms that read feature maps)")
         table = {"projection": self.projections, "embedding": self.embeddings, "feature_map": self.feature_maps}[kind]
         return table[modality]
-
-
-@dataclass(frozen=True)
-class TaskInfo:
-    """A task as the model sees it: binary tasks have one logit, multiclass one per class."""
-
-    name: str
-    type: str
-    classes: tuple[str, ...]
-
-    @property
-    def num_outputs(self) -> int:
-        return 1 if self.type == "binary" else len(self.classes)
 
 
 class NamedModules(nn.ModuleDict):

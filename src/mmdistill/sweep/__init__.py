@@ -2,7 +2,6 @@
 into statistics and a report.
 
     grid.py        expand `sweep.grid` into named variant configs, validated up front
-    hashing.py     what makes two runs (or two teachers) the same
     plan.py        the jobs of a sweep: shared teachers, then one run per variant and seed
     jobs.py        one job, in whatever process or node runs it
     executors.py   registry: local (in-process or worker processes), slurm (submitit arrays)
@@ -11,6 +10,6 @@ into statistics and a report.
     aggregate.py   aggregated_results.json and best_config.yaml from the run directories
     report.py      report.md and a self-contained report.html (figures in figures.py)
 
-This package is imported by the training pipeline only for `hashing` (kept free of heavy
-imports), so nothing here may import torch at module level except the report's t-SNE path.
+What makes two runs (or two teachers) the same is `config/hashing.py`. A sweep runs
+`run/experiment.run_experiment` for each job; nothing below `sweep` imports it.
 """

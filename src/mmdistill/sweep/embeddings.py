@@ -22,8 +22,8 @@ def fused_vectors(run_dir: Path) -> dict[str, Any]:
 
     from mmdistill.config.schema import ExperimentConfig
     from mmdistill.data.dataset import load_data
-    from mmdistill.train.checkpoints import load_weights
-    from mmdistill.train.pipeline import build_model
+    from mmdistill.models.build import build_model
+    from mmdistill.models.checkpoints import load_weights
 
     run_dir = Path(run_dir)
     config = ExperimentConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))

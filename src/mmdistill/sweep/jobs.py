@@ -30,7 +30,7 @@ class Job:
     def is_finished(self) -> bool:
         """Finished = results.json exists, parses, and holds the hash of the config we would run
         now and the signature of the data as it is now (a corrected label file or a replaced
-        image re-runs the job; `data/records_digest.py`)."""
+        image re-runs the job; `cache/keys.data_signature`)."""
         try:
             results = json.loads((Path(self.run_dir) / "results.json").read_text())
             return results.get("config_hash") == self.expected_hash and (
@@ -67,18 +67,16 @@ def _summary(kind: str, results: dict[str, Any]) -> str:
 def execute_job(job: Job) -> Outcome:
     """Run one job; never raises for a failed run (KeyboardInterrupt still stops the sweep).
     The traceback of a failure goes to <run_dir>/error.log; its last line is the outcome's."""
-    from mmdistill.cli import _quiet_libraries
+    from mmdistill.environment import prepare_process
 
-    _quiet_libraries()
+    prepare_process()
     start = time.perf_counter()
     run_dir = Path(job.run_dir)
     try:
-        from mmdistill.config.checks import check_consistency
-        from mmdistill.config.schema import ExperimentConfig
-        from mmdistill.train.pipeline import run_experiment
+        from mmdistill.preflight import checked_config
+        from mmdistill.run.experiment import run_experiment
 
-        config = ExperimentConfig.model_validate(job.config)
-        check_consistency(config, job.label)
+        config = checked_config(job.config, job.label)
         results = run_experiment(config, overwrite=True, run_dir=run_dir, teacher_only=job.kind == "teacher")
         return Outcome(job.label, True, time.perf_counter() - start, summary=_summary(job.kind, results))
     except Exception as exc:  # noqa: BLE001 - one failed run must not stop the others

@@ -17,12 +17,12 @@ from typing import Any, Callable, Iterable
 
 from pydantic import ValidationError
 
-from mmdistill.config.checks import check_consistency
+from mmdistill.config.hashing import _digest, config_hash, teacher_hash, teacher_key
 from mmdistill.config.loading import apply_overrides, format_validation_error, read_config_file
 from mmdistill.config.schema import ExperimentConfig, SweepSpec
 from mmdistill.errors import UserError
+from mmdistill.preflight import checked_config
 from mmdistill.sweep.grid import Variant, apply_variant, expand_grid, format_value
-from mmdistill.sweep.hashing import _digest, config_hash, teacher_hash, teacher_key
 from mmdistill.sweep.jobs import Job
 
 TEACHERS_DIR = "_teachers"
@@ -58,15 +58,6 @@ class SweepPlan:
         }
 
 
-def _validate(raw: dict[str, Any], source: str) -> ExperimentConfig:
-    try:
-        config = ExperimentConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise UserError(format_validation_error(exc, raw, source)) from None
-    check_consistency(config, source)
-    return config
-
-
 def _blame(variant: Variant, source: str, exc: UserError) -> UserError:
     """Prefix an error in a variant config with the grid key(s) and value(s) that made it."""
     message = str(exc).removeprefix(f"{source}: ")
@@ -89,8 +80,8 @@ def _check_runtime(configs: list[tuple[Variant, ExperimentConfig]], source: str)
     missing columns fail here, not after hours of other runs. Returns each data section's
     signature ({`_data_key`: `data_signature`}), what a finished run must have read."""
     from mmdistill.data.dataset import load_data
-    from mmdistill.data.records_digest import data_signature
-    from mmdistill.train.pipeline import check_models
+    from mmdistill.cache.keys import data_signature
+    from mmdistill.preflight import check_models
 
     data_cache: dict[str, Any] = {}
     signatures: dict[str, str] = {}
@@ -137,7 +128,7 @@ def make_plan(path: str | Path, overrides: Iterable[str] = (), check_runtime: bo
     configs: list[tuple[Variant, ExperimentConfig]] = []
     for variant in variants:
         try:
-            configs.append((variant, _validate(apply_variant(base, variant), source)))
+            configs.append((variant, checked_config(apply_variant(base, variant), source)))
         except UserError as exc:
             raise (_blame(variant, source, exc) if variant.overrides else exc) from None
     signatures = _check_runtime(configs, source) if check_runtime else {}

@@ -42,7 +42,7 @@ class StageModule(L.LightningModule):
     def __init__(self, stage: str, model: MultiModalNet, objective: Objective, training: StageTraining,
                  teacher: nn.Module | None = None):
         """`teacher`: where the KD stage's teacher outputs come from, called with the batch
-        (`train/teacher_cache.py`: the frozen teacher on the fly, or its cached outputs)."""
+        (`train/teachers.py`: the frozen teacher on the fly, or its cached outputs)."""
         super().__init__()
         self.stage = stage
         self.model = model

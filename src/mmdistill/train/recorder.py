@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 
 from mmdistill.io import write_text_atomic
-from mmdistill.train.checkpoints import save_weights
+from mmdistill.models.checkpoints import save_weights
 
 
 class MetricsLog:

@@ -3,15 +3,16 @@
 Every change of teacher weights, data file or view setting is a new cache key, so a project's
 `cache/` only grows: a sweep over teachers or a month of edits leaves stores nobody will read
 again. Nothing here guesses which ones those are from keys; it goes by use. Opening a store
-(`array_store.open_or_build`) or a teacher-score file marks it (`array_store.mark_used`), so its mtime is when a run
-last read or wrote it, and `mmdistill cache DIR --older-than DAYS` removes what no run has
-touched for that long.
+(`store.open_or_build`) or a score or baseline file marks it (`store.mark_used`), so its mtime
+is when a run last read or wrote it, and `mmdistill cache DIR --older-than DAYS` removes what no
+run has touched for that long. The kinds are the package's `KINDS` (the table in
+`mmdistill/cache/__init__.py`).
 
 Removal first renames an entry out of its key's path and then deletes it, so a run starting
 meanwhile finds either the whole store or none, and rebuilds what it needs. A build in
-progress lives under a hidden name (`.<name>.tmp-*`, `.<name>.*.tmp`); one untouched for `ABANDONED_AFTER_S`
-is a crashed build's leftover and goes too, a younger one is left alone whatever the age
-asked for.
+progress lives under a hidden name (`.<name>.tmp-*`, `.<name>.*.tmp`); one untouched for
+`ABANDONED_AFTER_S` is a crashed build's leftover and goes too, a younger one is left alone
+whatever the age asked for.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmdistill.data.array_store import STORE_FILE, ArrayStore
+from mmdistill.cache import KINDS
+from mmdistill.cache.store import STORE_FILE, ArrayStore
 from mmdistill.errors import UserError
 
-KINDS = ("images", "teacher", "text", "teacher_scores", "baselines")
 ABANDONED_AFTER_S = 3600.0
 
 

@@ -6,18 +6,14 @@ work every epoch, every stage and every sweep variant. Rows are stored as uint8
 (round(x * 255)), which is what an 8-bit source holds anyway; a modality whose files hold more
 than 8 bits (16-bit or float PIL modes) is stored as uint16 so it loses nothing it had.
 
-The key hashes the modality's kind, columns, channels and size and, for every record in order,
-its path(s) with each file's size and mtime_ns: a changed, added, removed or reordered image is
-a new key, so a stale cache is never read. File contents are not hashed; that would cost as much
-as decoding. Stores are written atomically and checked on open (`data/array_store.py`), so an
+The key (`keys.images_key`) hashes each record's image file by path, size and mtime, so a stale
+cache is never read. Stores are written atomically and checked on open (`store.py`), so an
 interrupted build or a truncated file is rebuilt, never read. Rows are read by offset, not
 mapped, so a process's RSS does not grow with the size of the cache.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import re
 import time
@@ -30,7 +26,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from mmdistill.data.array_store import ArrayStore, StoreWriter, file_signature, open_or_build
+from mmdistill.cache import kind_dir
+from mmdistill.cache.keys import image_paths, images_key
+from mmdistill.cache.store import ArrayStore, StoreWriter, open_or_build
+from mmdistill.data.dataset import load_data
 from mmdistill.data.images import SIXTEEN_BIT
 
 if TYPE_CHECKING:
@@ -40,7 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ARRAY = "images"
-FORMAT = 1  # bump when decoding (data/images.py) or the layout changes: old caches become stale
 WIDE_MODES = SIXTEEN_BIT | {"I", "F"}  # PIL modes with more than 8 bits per value
 BATCH = 32
 
@@ -60,28 +58,10 @@ class ImageCache:
         return torch.from_numpy(np.divide(row, self.scale, out=row))
 
 
-def _paths(record: Any, name: str, spec: Any) -> list[str]:
-    value = record.values[name]
-    return [str(p) for p in value] if spec.kind == "stacked_image" else [str(value)]
-
-
-def image_cache_key(dataset: "MultiModalDataset", name: str, spec: Any) -> str:
-    """See the module docstring for what is hashed and what is deliberately not."""
-    h = hashlib.sha256()
-    h.update(json.dumps({
-        "format": FORMAT, "kind": spec.kind,
-        "columns": list(spec.columns) if spec.kind == "stacked_image" else [spec.column],
-        "channels": spec.channels, "size": spec.size, "samples": len(dataset.records),
-    }, sort_keys=True).encode())
-    for record in dataset.records:
-        h.update(json.dumps([file_signature(p) for p in _paths(record, name, spec)]).encode())
-    return h.hexdigest()
-
-
 def cache_path(config: "ExperimentConfig", split: str, name: str, spec: Any, key: str) -> Path:
     """Readable for someone looking into the cache folder; the key prefix keeps versions apart."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-    return config.cache_dir / "images" / f"{split}-{safe}-{spec.size}px-{key[:16]}"
+    return kind_dir(config, "images") / f"{split}-{safe}-{spec.size}px-{key[:16]}"
 
 
 def _is_wide(paths: list[str]) -> bool:
@@ -112,7 +92,7 @@ class _Decode(Dataset):
     def __getitem__(self, i: int) -> tuple[np.ndarray, bool]:
         record = self.dataset.records[i]
         image = self.dataset._image(record, self.name, self.spec).numpy()
-        wide = self.dtype == np.uint8 and _is_wide(_paths(record, self.name, self.spec))
+        wide = self.dtype == np.uint8 and _is_wide(image_paths(record, self.name, self.spec))
         return np.rint(image * self.scale).astype(self.dtype), wide
 
 
@@ -149,7 +129,7 @@ def _build_widening(path: Path, key: str, dataset: "MultiModalDataset", split: s
                     config: "ExperimentConfig") -> ArrayStore:
     """A build as uint8, restarted as uint16 when a file turns out to hold more than 8 bits."""
     start = time.perf_counter()
-    dtype = np.dtype(np.uint16 if _is_wide(_paths(dataset.records[0], name, spec)) else np.uint8)
+    dtype = np.dtype(np.uint16 if _is_wide(image_paths(dataset.records[0], name, spec)) else np.uint8)
     try:
         store = _build(path, key, dataset, split, name, spec, config, dtype)
     except _WiderThanFirst:
@@ -165,7 +145,7 @@ def open_or_build_images(dataset: "MultiModalDataset", split: str, name: str,
     """The cache of modality `name` of `dataset`, built now if missing, stale or damaged; None
     when it cannot be written (the dataset then decodes the files)."""
     spec = dataset._image_specs[name]
-    key = image_cache_key(dataset, name, spec)
+    key = images_key(dataset.records, name, spec)
     path = cache_path(config, split, name, spec, key)
     shape = (len(dataset.records), spec.total_channels, spec.size, spec.size)
     store, built = open_or_build(path, key, lambda: _build_widening(path, key, dataset, split, name, spec, config),
@@ -188,3 +168,16 @@ def attach_image_caches(data: "DataBundle", config: "ExperimentConfig", modaliti
                 cache = open_or_build_images(dataset, split, name, config)
                 if cache is not None:
                     dataset.attach_image_cache(name, cache)
+
+
+def attach_caches(data: "DataBundle", config: "ExperimentConfig", modalities: set[str] | None = None) -> "DataBundle":
+    """With `cache.images` on, every image is decoded and resized once into a uint8 array that
+    all stages and epochs read instead of the files (`modalities`: only these)."""
+    if config.cache.images:
+        attach_image_caches(data, config, modalities)
+    return data
+
+
+def load_run_data(config: "ExperimentConfig") -> "DataBundle":
+    """The data as a run reads it: records from the files, images from the decoded-image cache."""
+    return attach_caches(load_data(config), config)

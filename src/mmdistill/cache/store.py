@@ -1,5 +1,5 @@
-"""A directory of raw row-major arrays on disk: what the decoded-image and teacher-output caches
-are made of.
+"""A directory of raw row-major arrays on disk: what the decoded-image, text-vector and
+teacher-output caches are made of.
 
 Each array is a plain `<name>.bin` file of `rows x item_shape` values (so `np.memmap(path,
 dtype, shape=...)` opens it for inspection), described by `store.json`. A store is built in
@@ -29,17 +29,6 @@ import numpy as np
 STORE_FILE = "store.json"
 
 log = logging.getLogger(__name__)
-
-
-def file_signature(path: Any) -> list[Any]:
-    """What a cache key records of an input file: path, size and mtime, not its contents (as
-    costly to hash as to decode). A missing file gets None and fails later, where its record
-    is named."""
-    try:
-        st = os.stat(path)
-        return [str(path), st.st_size, st.st_mtime_ns]
-    except (OSError, TypeError):
-        return [str(path), None, None]
 
 
 class ArrayStore:
@@ -184,7 +173,7 @@ class StoreWriter:
 
 def mark_used(path: Path) -> None:
     """Set `path`'s mtime to now: when a run last read a cache entry, what `mmdistill cache
-    --older-than` goes by (`data/cache_inventory.py`). A read-only cache is left as it is."""
+    --older-than` goes by (`cache/inventory.py`). A read-only cache is left as it is."""
     try:
         os.utime(path)
     except OSError:

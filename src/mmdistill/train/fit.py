@@ -1,5 +1,6 @@
-"""Running one stage: a Lightning Trainer with early stopping on the dev score, the best
-weights restored at the end, and the model evaluated on dev and test."""
+"""Fitting one model: a Lightning Trainer with early stopping on the dev score, the best weights
+restored at the end, and the model evaluated on dev and test. Every stage of a run that trains
+(teacher, KD student, baseline, a pruned student's fine-tune) goes through `train_stage`."""
 
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from mmdistill.config.schema import ExperimentConfig, StageTraining
 from mmdistill.data.dataset import DataBundle
 from mmdistill.losses.objective import Objective
+from mmdistill.models.checkpoints import load_weights
 from mmdistill.models.net import MultiModalNet
-from mmdistill.train.checkpoints import load_weights
 from mmdistill.train.module import OutputCollector, StageModule
 from mmdistill.train.recorder import EpochRecorder, MetricsLog
-from mmdistill.train.teacher_cache import FrozenTeacher, teacher_source
+from mmdistill.train.teachers import FrozenTeacher, teacher_source
 from mmdistill.train.warmup import BackboneWarmup
 
 

@@ -22,8 +22,8 @@ from mmdistill.data.dataset import load_data
 from mmdistill.data.views import view_batches, view_settings
 from mmdistill.data.embeddings import SPLIT_DIRS, split_dir, teacher_modality, write_split_embeddings
 from mmdistill.errors import UserError
-from mmdistill.train.checkpoints import load_weights
-from mmdistill.train.pipeline import build_model
+from mmdistill.models.build import build_model
+from mmdistill.models.checkpoints import load_weights
 
 
 @torch.no_grad()

@@ -67,9 +67,9 @@ def teacher_hash(config: Any) -> str:
     return teacher_key(config, with_seed=True)
 
 
-def baseline_key(config: Any) -> str:
+def baseline_hash(config: Any) -> str:
     """Hash of what a run's baseline stage reads: everything but `NOT_BASELINE`, so runs that
-    differ only in teacher or KD objective share one baseline (`train/baseline_cache.py`)."""
+    differ only in teacher or KD objective share one baseline (`cache/baselines.py`)."""
     tree = _tree(config)
     for key in NOT_BASELINE:
         _drop(tree, key)

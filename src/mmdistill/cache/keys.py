@@ -1,0 +1,176 @@
+"""The key of every cache entry: a hash of exactly what the entry's contents depend on.
+
+This module is the answer to "when is a cache stale": an entry is read only under the key it was
+written with, so anything a key hashes is something whose change makes a new entry, and
+anything it leaves out is, deliberately, something the contents do not depend on. Records are
+hashed as read (texts, embeddings, labels); image files by path, size and mtime
+(`file_signature`), not contents, which would cost as much as decoding them. A sweep's resume
+uses the same record hashing for a whole run (`data_signature`), since its config hash alone
+cannot see a corrected label file or a replaced image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmdistill.config.hashing import baseline_hash
+from mmdistill.data.views import view_settings
+
+if TYPE_CHECKING:
+    from mmdistill.config.schema import ExperimentConfig
+    from mmdistill.data.dataset import DataBundle
+    from mmdistill.data.records import Record
+
+IMAGE_KINDS = ("image", "stacked_image")
+IMAGES_FORMAT = 1  # bump when decoding (data/images.py) or the store layout changes: old entries become stale
+
+
+# --------------------------------------------------------------------------- primitives
+
+
+def file_signature(path: Any) -> list[Any]:
+    """What a key records of an input file: path, size and mtime, not its contents (as costly
+    to hash as to decode). A missing file gets None and fails later, where its record is named."""
+    try:
+        st = os.stat(path)
+        return [str(path), st.st_size, st.st_mtime_ns]
+    except (OSError, TypeError):
+        return [str(path), None, None]
+
+
+def hash_value(h: "hashlib._Hash", value: Any) -> None:
+    if isinstance(value, np.ndarray):
+        h.update(value.tobytes())
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            hash_value(h, v)
+    else:
+        h.update(repr(value).encode())
+
+
+def hash_records(h: "hashlib._Hash", records: Iterable["Record"], kinds: dict[str, str], labels: bool) -> None:
+    """Feed `h` the values of the modalities in `kinds` ({modality: kind}) of every record, in
+    order, and with `labels` each record's labels."""
+    for record in records:
+        for m, kind in kinds.items():
+            value = record.values[m]
+            if kind in IMAGE_KINDS:
+                value = [file_signature(p) for p in (value if isinstance(value, (list, tuple)) else [value])]
+            hash_value(h, value)
+        if labels:
+            h.update(json.dumps(record.labels, sort_keys=True, default=str).encode())
+
+
+def weights_digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def data_signature(config: "ExperimentConfig", data: "DataBundle") -> str:
+    """Every record of every split the run read, with labels, plus the precomputed teacher
+    embeddings of a feature-KD run: a sweep re-runs a finished run whose signature differs."""
+    h = hashlib.sha256(b"data signature 1")
+    for split, dataset in data.datasets.items():
+        h.update(f"{split}:{len(dataset.records)}".encode())
+        kinds = {m: data.modalities[m].kind for m in sorted(dataset.records[0].values)} if dataset.records else {}
+        hash_records(h, dataset.records, kinds, labels=True)
+    if config.data.source == "embeddings":
+        from mmdistill.data.embeddings import SPLIT_DIRS, split_dir
+
+        for split in SPLIT_DIRS:
+            hash_value(h, file_signature(split_dir(config.data, split) / config.data.embeddings_file))
+    return h.hexdigest()[:24]
+
+
+# --------------------------------------------------------------------------- one key per kind of entry
+
+
+def image_paths(record: "Record", name: str, spec: Any) -> list[str]:
+    value = record.values[name]
+    return [str(p) for p in value] if spec.kind == "stacked_image" else [str(value)]
+
+
+def images_key(records: Sequence["Record"], name: str, spec: Any) -> str:
+    """Decoded images of one modality of one split: the modality's kind, columns, channels and
+    size, and for every record in order its path(s) with each file's size and mtime_ns, so a
+    changed, added, removed or reordered image is a new key."""
+    h = hashlib.sha256()
+    h.update(json.dumps({
+        "format": IMAGES_FORMAT, "kind": spec.kind,
+        "columns": list(spec.columns) if spec.kind == "stacked_image" else [spec.column],
+        "channels": spec.channels, "size": spec.size, "samples": len(records),
+    }, sort_keys=True).encode())
+    for record in records:
+        h.update(json.dumps([file_signature(p) for p in image_paths(record, name, spec)]).encode())
+    return h.hexdigest()
+
+
+def text_key(encoder: nn.Module, spec: dict, texts: list[str]) -> str:
+    """A frozen text encoder's vectors: its spec (`model`, `pooling`, `max_length`), its weights
+    (`encoder.model`, so a fine-tuned or reloaded model is a new key) and every text, in order."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"format": 1, "spec": spec, "texts": len(texts)}, sort_keys=True, default=str).encode())
+    h.update(weights_digest(encoder.model).encode())
+    for text in texts:
+        h.update(text.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:24]
+
+
+def teacher_digest(config: "ExperimentConfig", teacher: nn.Module, data: "DataBundle",
+                   splits: tuple[str, ...]) -> "hashlib._Hash":
+    """A hash of what any teacher output on `splits` depends on: the teacher's architecture and
+    weights, its modality settings (with the mean/std actually used, which `mean: dataset`
+    derives from train), whether inputs come through the 8-bit image cache, the tasks, and every
+    record of those splits the teacher reads (image files by size and mtime)."""
+    reads = list(config.teacher.encoders)
+    h = hashlib.sha256()
+    h.update(json.dumps({
+        "teacher": config.teacher.model_dump(mode="json", exclude={"checkpoint"}),
+        "modalities": {m: data.modalities[m].model_dump(mode="json") for m in reads},
+        "image_cache": config.cache.images,
+        "tasks": [[t.name, t.type, list(t.classes)] for t in data.tasks],
+        "samples": {s: len(data.datasets[s]) for s in splits},
+    }, sort_keys=True, default=str).encode())
+    h.update(weights_digest(teacher).encode())
+    for split in splits:
+        hash_records(h, data.datasets[split].records, {m: config.data.modalities[m].kind for m in reads}, labels=False)
+    return h
+
+
+def teacher_outputs_key(config: "ExperimentConfig", teacher: nn.Module, data: "DataBundle", fields: list[str]) -> str:
+    """The teacher's outputs on train: `teacher_digest` of train, the views (count, and the
+    augmentation and seed that decide what each view is), the fields stored and their dtype."""
+    h = teacher_digest(config, teacher, data, ("train",))
+    h.update(json.dumps({"format": 2, "views": config.data.views, **view_settings(config), "fields": fields,
+                         "dtype": config.cache.teacher_dtype}, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:24]
+
+
+def teacher_scores_key(config: "ExperimentConfig", teacher: nn.Module, data: "DataBundle") -> str:
+    """The teacher's inputs on dev/test (`teacher_digest`) and, since scores compare against
+    them, every dev/test label: a corrected label file is a new key."""
+    h = teacher_digest(config, teacher, data, ("dev", "test"))
+    h.update(b"scores format 2")
+    for split in ("dev", "test"):
+        hash_records(h, data.datasets[split].records, {}, labels=True)
+    return h.hexdigest()[:24]
+
+
+def baseline_key(config: "ExperimentConfig", data: "DataBundle") -> str:
+    """The baseline student: the config without the teacher- and KD-only keys
+    (`config/hashing.baseline_hash`) and the data signature."""
+    h = hashlib.sha256(b"baseline cache 1")
+    h.update(baseline_hash(config).encode())
+    h.update(data_signature(config, data).encode())
+    return h.hexdigest()[:24]

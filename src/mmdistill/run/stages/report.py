@@ -1,0 +1,80 @@
+"""The report: what the run measured, as files a researcher opens.
+
+Reads: every earlier stage's results and models, metrics.csv. Writes: confusion/<stage>_<task>_test.npy
+(and its plot), plots/curves.png, plots/<stage>_training_curves.png, plots/{tsne,umap}_<role>.png,
+and results.json, last: a run with results.json is a finished run.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from mmdistill.cache.keys import data_signature
+from mmdistill.config.hashing import config_hash, teacher_hash
+from mmdistill.data.stats import image_stats
+from mmdistill.eval.embeddings import write_run_plots
+from mmdistill.eval.plots import plot_confusion, plot_curves, plot_stage_curves
+from mmdistill.run.context import RunContext
+from mmdistill.run.directory import RESULTS, is_writer
+from mmdistill.run.stages import Stage
+from mmdistill.train.fit import StageResult
+
+
+def stage_entry(result: StageResult) -> dict[str, Any]:
+    """A stage's results.json entry: dev and test metrics without the confusion matrices
+    (those are files of their own), the best epoch, and the cache entry it was copied from."""
+    strip = lambda m: {"score": m["score"], "tasks": {t: {k: v for k, v in tm.items() if k != "confusion_matrix"}
+                                                       for t, tm in m["tasks"].items()}}
+    entry = {"dev": strip(result.dev), "test": strip(result.test), "best_epoch": result.best_epoch}
+    return entry | ({"reused_from": result.reused_from} if result.reused_from else {})
+
+
+class ReportStage(Stage):
+    name = "report"
+    writes = ("confusion/{stage}_{task}_test.npy", "plots/curves.png", RESULTS)
+
+    def run(self, run: RunContext) -> None:
+        config, results = run.config, run.results
+        timing: dict[str, float] = {}
+        for name, result in run.stages.items():
+            results[name] = stage_entry(result)
+            timing[name] = round(result.seconds, 3)
+            self._confusions(run, name, result)
+        timing["total"] = round(time.perf_counter() - run.started, 3)
+        results["timing"] = timing
+        results["params"] = {"teacher": run.teacher.num_parameters() if run.precomputed is None else None}
+        if run.student is not None:
+            results["params"]["student"] = run.student.num_parameters()
+        results["tasks"] = {t.name: {"type": t.type, "classes": list(t.classes)} for t in run.data.tasks}
+        results["samples"] = {split: len(ds) for split, ds in run.data.datasets.items()}
+        results["image_stats"] = image_stats(run.data.modalities)  # the mean/std the inputs were normalised with
+        results["data_signature"] = data_signature(config, run.data)  # a sweep re-runs this run when its data changes
+        if config.logging.plots and is_writer():
+            self._plots(run)
+        # what a sweep compares to decide whether this run is finished (config/hashing.py)
+        results["config_hash"] = teacher_hash(config) if run.teacher_only else config_hash(config)
+        run.dir.write_results(results)
+
+    @staticmethod
+    def _confusions(run: RunContext, stage: str, result: StageResult) -> None:
+        for task, m in result.test["tasks"].items():
+            if "confusion_matrix" not in m:  # probe scores of a precomputed teacher
+                continue
+            matrix = np.asarray(m["confusion_matrix"], dtype=np.int64)
+            run.dir.write_array(f"confusion/{stage}_{task}_test.npy", matrix)
+            if run.config.logging.plots and is_writer():
+                plot_confusion(matrix, m["classes"], f"{stage} / {task} (test)",
+                               run.dir / f"plots/confusion_{stage}_{task}_test.png")
+
+    @staticmethod
+    def _plots(run: RunContext) -> None:
+        if run.log.rows:
+            plot_curves(run.log.rows, run.dir / "plots/curves.png")
+            plot_stage_curves(run.log.rows, run.dir / "plots")
+        # seed 002's t-SNE / UMAP of each model's fused test vectors
+        roles = {"teacher": None if run.precomputed is not None else run.teacher, "student": run.student}
+        write_run_plots(run.dir.path, {r: m for r, m in roles.items() if m is not None}, run.data,
+                        batch_size=run.config.training.student.batch_size)

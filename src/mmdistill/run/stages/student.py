@@ -1,0 +1,40 @@
+"""Stage 2, the KD student: the config's student trained on the objective (task loss plus the
+distillation terms), its teacher outputs read from the teacher-output cache or the teacher run
+live. With a precomputed teacher, the student's representation is probed as the teacher's was.
+
+Reads: the teacher (trained, loaded or precomputed). Writes:
+checkpoints/student_best.safetensors, its metrics.csv rows.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+
+from mmdistill.eval.embeddings import collect_features
+from mmdistill.eval.probe import probe_splits
+from mmdistill.losses.objective import build_objective
+from mmdistill.models.build import build_model
+from mmdistill.run.context import RunContext
+from mmdistill.run.stages import Stage
+from mmdistill.train import fit
+
+
+class StudentStage(Stage):
+    name = "student"
+    writes = ("checkpoints/student_best.safetensors",)
+
+    def run(self, run: RunContext) -> None:
+        config, data = run.config, run.data
+        L.seed_everything(config.seed, workers=True, verbose=False)
+        student = build_model(config, "student", data)
+        objective = build_objective(config.objective.preset, config.objective.terms, data.tasks, student, run.teacher)
+        objective.set_dataset_size(len(data.datasets["train"]))
+        objective.set_class_counts(run.class_counts())
+        run.stages[self.name] = fit.train_stage(self.name, config, config.training.student, student, objective, data,
+                                                run.log, run.dir.checkpoint(self.name), teacher=run.teacher)
+        run.student = student
+        if run.precomputed is not None:  # the student's representation, scored as the teacher's was
+            ref = next((r for t in objective.terms for role, r in t.features() if role == "student"), "fused")
+            features = {s: collect_features(student, data, s, config.training.student.batch_size, ref)[0]
+                        for s in data.datasets}
+            run.results["probe"]["student"] = {"feature": ref, **probe_splits(features, data, config.seed)}

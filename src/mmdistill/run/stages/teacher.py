@@ -1,0 +1,56 @@
+"""Stage 1, the teacher: trained on the supervised loss, loaded from `teacher.checkpoint` and
+only scored, or, when it is precomputed embeddings (seed 003), scored by linear and k-NN probes.
+
+Reads: the config's teacher, the data. Writes: checkpoints/teacher_best.safetensors (when it
+trains), its metrics.csv rows; the teacher's dev/test scores go to the score cache.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from mmdistill.cache.teacher_scores import read_teacher_scores, store_teacher_scores
+from mmdistill.eval.probe import probe_splits
+from mmdistill.models.checkpoints import load_weights
+from mmdistill.run.context import RunContext
+from mmdistill.run.stages import Stage
+from mmdistill.train import fit
+from mmdistill.train.fit import StageResult
+
+
+class TeacherStage(Stage):
+    name = "teacher"
+    writes = ("checkpoints/teacher_best.safetensors",)
+
+    def run(self, run: RunContext) -> None:
+        config, teacher = run.config, run.teacher
+        if run.precomputed is not None:
+            start = time.perf_counter()
+            embeddings = {s: np.asarray(e[:, 0], dtype=np.float32) for s, e in run.precomputed.splits.items()}
+            probe = probe_splits(embeddings, run.data, config.seed)
+            run.stages[self.name] = StageResult(probe["dev"], probe["test"], None, time.perf_counter() - start)
+            run.results["probe"] = {"teacher": probe}
+        elif config.teacher.checkpoint is not None:
+            load_weights(teacher, config.teacher.checkpoint, "teacher.checkpoint")
+            run.stages[self.name] = self._evaluate(run)
+            run.results["teacher_checkpoint"] = str(config.teacher.checkpoint)
+        else:
+            result = fit.train_stage(self.name, config, config.training.teacher, teacher, run.supervised(teacher),
+                                     run.data, run.log, run.dir.checkpoint(self.name), fresh_views=True)
+            store_teacher_scores(config, teacher, run.data, result.dev, result.test)
+            run.stages[self.name] = result
+
+    @staticmethod
+    def _evaluate(run: RunContext) -> StageResult:
+        """A loaded teacher's dev/test metrics, from the score cache when it holds them for these
+        weights and data (`seconds` is then the lookup time), otherwise computed and stored."""
+        start = time.perf_counter()
+        stored, path = read_teacher_scores(run.config, run.teacher, run.data)
+        if stored is not None:
+            return StageResult(dev=stored["dev"], test=stored["test"], best_epoch=None,
+                               seconds=time.perf_counter() - start, reused_from=str(path))
+        result = fit.evaluate_only(run.teacher, run.data, run.config.training.teacher.batch_size)
+        store_teacher_scores(run.config, run.teacher, run.data, result.dev, result.test)
+        return result

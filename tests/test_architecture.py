@@ -1,0 +1,83 @@
+"""The house rules of the package layout: the CLI is the top and nothing imports it, and no two
+folders of `src/mmdistill` import each other, directly or round a longer loop. Imports inside
+functions count (they are cycles that only wait for the call); `if TYPE_CHECKING:` ones do not."""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "mmdistill"
+
+
+def _unit(path: Path) -> str:
+    """A top-level folder (`cache`, `run`, ...) or module (`cli`, `preflight`, ...)."""
+    rel = path.relative_to(SRC)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    type_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                 for n in ast.walk(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "mmdistill" and len(parts) > 1 and ((SRC / parts[1]).is_dir() or (SRC / f"{parts[1]}.py").is_file()):
+                found.add(parts[1])
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = defaultdict(set)
+    for path in SRC.rglob("*.py"):
+        unit = _unit(path)
+        graph[unit] |= _imports(path) - {unit}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        state[node] = 2
+        stack.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_nothing_imports_the_cli():
+    importers = sorted(str(p.relative_to(SRC)) for p in SRC.rglob("*.py")
+                       if "cli" in _imports(p) and p.name not in ("cli.py", "__main__.py"))
+    assert importers == []
+
+
+def test_no_import_cycle_between_packages():
+    assert _cycle(_graph()) is None
+
+
+def test_the_checker_finds_a_cycle():
+    """The check above could pass by finding nothing at all: make sure it sees a loop."""
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert {"config", "data"} <= _graph()["cache"]  # and that it reads real imports
