@@ -38,6 +38,7 @@ import lightning as L
 
 from mmdistill.config.schema import ExperimentConfig
 from mmdistill.data.demo import write_demo
+from mmdistill.data.views import student_views
 from mmdistill.losses.objective import build_objective
 from mmdistill.models.checkpoints import load_weights, save_weights
 from mmdistill.cache.images import load_run_data
@@ -103,7 +104,7 @@ def epoch_seconds(config: ExperimentConfig, mode: str, out: Path) -> dict[str, A
             build = time.perf_counter() - start
     log = MetricsLog(out / f"metrics_{mode}.csv")
     train_stage("student", config, config.training.student, student, objective, data, log,
-                out / f"student_{mode}.safetensors", teacher=teacher)
+                out / f"student_{mode}.safetensors", teacher=teacher, views=student_views(config))
     seconds = [float(r["train_seconds"]) for r in log.rows]
     return {"epochs": seconds, "per_epoch": statistics.median(seconds[1:] or seconds), "build": build}
 

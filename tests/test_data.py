@@ -102,12 +102,24 @@ def test_missing_image_names_file_line_and_path(demo_root, tmp_path):
     assert "test.csv line 2" in msg and "images/nope.png" in msg
 
 
-def test_image_path_escaping_root_is_rejected(demo_root, tmp_path):
+def test_image_paths_are_the_users_absolute_or_relative_to_the_root(demo_root, tmp_path):
+    """Seed 002's CSV lists absolute paths; relative ones (`..` included) start at the root."""
     root = _copy(demo_root, tmp_path)
-    (tmp_path / "outside.png").write_bytes((root / "images" / "train_0000.png").read_bytes())
-    _rewrite(root, "train", lambda rows: rows[1].update(image="../outside.png"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "a.png").write_bytes((root / "images" / "train_0000.png").read_bytes())
+
+    def point(rows):
+        rows[0]["image"] = str(elsewhere / "a.png")
+        rows[1]["image"] = "../elsewhere/a.png"
+
+    _rewrite(root, "train", point)
+    records = load_data(_config(root, tmp_path)).datasets["train"].records
+    assert records[0].values["image"] == records[1].values["image"] == (elsewhere / "a.png").resolve()
+
+    _rewrite(root, "train", lambda rows: rows[2].update(image=str(tmp_path / "missing.png")))
     msg = _load_error(root, tmp_path)
-    assert "train.csv line 3" in msg and "escapes the data root" in msg
+    assert "train.csv line 4" in msg and f"image not found: {tmp_path / 'missing.png'}" in msg
 
 
 def test_missing_column_is_named(demo_root, tmp_path):

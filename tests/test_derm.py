@@ -46,9 +46,11 @@ def test_filters(derm_root):
     assert only_isic and len(only_isic) < 120
     with_text = _records(_data(derm_root, "data.has_text=true"))
     assert all(r.values["text"].any() for r in with_text)
-    without = _records(_data(derm_root, "data.has_text=false", "data.min_samples_per_label=1"))
-    assert all(not r.values["text"].any() for r in without)  # zeros where no embedding exists
-    assert len(with_text) + len(without) == 120
+    without = _data(derm_root, "data.has_text=false", "data.min_samples_per_label=1")
+    assert all(r.values["text"] is None for r in _records(without))  # no embedding: the modality is absent
+    item = without.datasets["train"][0]  # which the models read as masked, not as a zero vector
+    assert item["inputs"]["_absent"] == {"text": True} and not item["inputs"]["text"].any()
+    assert len(with_text) + len(_records(without)) == 120
     half = _records(_data(derm_root, "data.data_fraction=0.5"))
     assert len(half) == 60
 

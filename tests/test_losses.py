@@ -8,7 +8,7 @@ import torch
 
 from mmdistill.config.schema import ModelSpec, ImageModality
 from mmdistill.losses.objective import build_objective
-from mmdistill.losses.terms import (FeatureCosine, FeatureL2, FeatureParams, KDParams, LogitKD, LossBatch, TaskLoss,
+from mmdistill.losses.terms import (FeatureCosine, FeatureL2, FeatureL2Params, FeatureParams, KDParams, LogitKD, LossBatch, TaskLoss,
                                     TaskParams)
 from mmdistill.models.net import ModelOutput, MultiModalNet, TaskInfo
 
@@ -92,7 +92,7 @@ class _Dims:
 def test_feature_l2_and_cosine_match_numpy():
     hs = np.array([[1.0, 2.0, 0.0], [0.5, -1.0, 2.0]])
     ht = np.array([[0.0, 2.0, 1.0], [1.0, 1.0, 1.0]])
-    l2 = FeatureL2(FeatureParams(), [MC], _Dims(3), _Dims(3))
+    l2 = FeatureL2(FeatureL2Params(), [MC], _Dims(3), _Dims(3))
     cos = FeatureCosine(FeatureParams(), [MC], _Dims(3), _Dims(3))
     s, t = _out(S_LOGITS, S_BIN, hs), _out(T_LOGITS, T_BIN, ht)
     assert l2(s, t, LABELS).item() == pytest.approx(np.mean((hs - ht) ** 2), rel=1e-9)
@@ -102,8 +102,18 @@ def test_feature_l2_and_cosine_match_numpy():
     assert cos(scaled, t, LABELS).item() == pytest.approx(np.mean(1 - cosines), rel=1e-9)
 
 
+def test_feature_l2_sum_is_seed_003s_squared_distance_per_sample():
+    """||h_t - h_s||^2 per sample, averaged over the batch: D times the mean reduction."""
+    hs = np.array([[1.0, 2.0, 0.0], [0.5, -1.0, 2.0]])
+    ht = np.array([[0.0, 2.0, 1.0], [1.0, 1.0, 1.0]])
+    l2 = FeatureL2(FeatureL2Params(reduction="sum"), [MC], _Dims(3), _Dims(3))
+    value = l2(_out(S_LOGITS, S_BIN, hs), _out(T_LOGITS, T_BIN, ht), LABELS).item()
+    assert value == pytest.approx(np.mean(np.sum((hs - ht) ** 2, axis=1)), rel=1e-9)
+    assert value == pytest.approx(3 * np.mean((hs - ht) ** 2), rel=1e-9)
+
+
 def test_feature_term_learns_a_projection_when_dims_differ():
-    term = FeatureL2(FeatureParams(), [MC], _Dims(2), _Dims(3))
+    term = FeatureL2(FeatureL2Params(), [MC], _Dims(2), _Dims(3))
     assert isinstance(term.regressor, torch.nn.Linear) and term.regressor.in_features == 2
     assert sum(p.numel() for p in term.parameters()) == 2 * 3 + 3
 

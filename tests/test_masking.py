@@ -91,3 +91,31 @@ def test_masked_teacher_with_aux_loss_trains_end_to_end(demo_root, tmp_path):
     run_experiment(load_config(write_config(tmp_path / "c.yaml", raw)))
     rows = [r for r in csv.DictReader((tmp_path / "runs" / "tiny" / "metrics.csv").open()) if r["stage"] == "teacher"]
     assert float(rows[0]["train_aux_task"]) > 0
+
+
+@pytest.mark.parametrize("fusion", FUSIONS.names())
+def test_a_sample_without_the_modality_is_masked_not_read_as_zeros(fusion):
+    """Seed 004's cases without text: the dataset flags them (inputs["_absent"]) and the model
+    masks that modality for them, whatever the placeholder vector holds, even without any
+    masking configured; samples that have it are unaffected."""
+    torch.manual_seed(0)
+    net = _net(fusion).eval()
+    inputs = _inputs(6)
+    absent = torch.tensor([True, False, True, False, False, False])
+    out = net({**inputs, "_absent": {"text": absent}})
+    assert out.present[:, 1].tolist() == (~absent).tolist() and out.present[:, 0].all()
+    noise = inputs["text"].clone()
+    noise[absent] = torch.randn(int(absent.sum()), 5) * 100
+    again = net({**inputs, "text": noise, "_absent": {"text": absent}})
+    for task in out.logits:
+        torch.testing.assert_close(again.logits[task], out.logits[task])
+    plain = net(inputs)  # no flags: nothing masked, as before
+    assert plain.present is None
+    torch.testing.assert_close(plain.logits["y"][~absent], out.logits["y"][~absent])
+
+
+def test_a_sample_with_no_modality_at_all_keeps_one():
+    net = _net().eval()
+    both = torch.tensor([True, False])
+    out = net({**_inputs(2), "_absent": {"text": both, "image": both}})
+    assert out.present.any(dim=1).all()

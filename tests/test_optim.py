@@ -104,3 +104,41 @@ def test_missing_resume_checkpoint_is_a_config_error(config_file):
 
     with pytest.raises(UserError, match=r"training\.teacher\.resume_from: checkpoint not found"):
         load_config(config_file, ["training.teacher.resume_from=nope.ckpt"])
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "ckpt"])
+def test_load_from_starts_a_stage_from_earlier_weights_with_a_fresh_schedule(demo_root, tmp_path, kind):
+    """Seed 004's load_from: the stage starts from those weights and trains all its epochs
+    (unlike resume_from, which continues where a stopped stage was)."""
+    raw = tiny_config(demo_root, tmp_path / "a")
+    raw["training"]["teacher"].update(epochs=2, save_every=1, keep_last=1, patience=None)
+    raw["training"]["student"]["epochs"] = 1
+    raw["training"]["baseline"] = False
+    raw["logging"]["plots"] = False
+    first = run_experiment(load_config(write_config(tmp_path / "a.yaml", raw)))
+    checkpoints = tmp_path / "a" / "tiny" / "checkpoints"
+    start = checkpoints / ("teacher_best.safetensors" if kind == "safetensors" else "teacher_epochs/epoch002.ckpt")
+
+    raw["output_dir"] = str(tmp_path / "b")
+    raw["training"]["teacher"].update(epochs=2, save_every=None, load_from=str(start), lr=1e-12)
+    second = run_experiment(load_config(write_config(tmp_path / "b.yaml", raw)))
+    rows = [r for r in csv.DictReader((tmp_path / "b" / "tiny" / "metrics.csv").open()) if r["stage"] == "teacher"]
+    assert [r["epoch"] for r in rows] == ["1", "2"]  # all of its epochs, from the start
+    if kind == "safetensors":  # lr ~0: the loaded weights are the first run's best, scored the same
+        assert second["teacher"]["test"]["score"] == pytest.approx(first["teacher"]["test"]["score"])
+    else:  # the epoch-2 weights (the last epoch), not a fresh init: the first epoch already scores as they do
+        assert float(rows[0]["dev_score"]) == pytest.approx(
+            next(float(r["dev_score"]) for r in csv.DictReader((tmp_path / "a" / "tiny" / "metrics.csv").open())
+                 if r["stage"] == "teacher" and r["epoch"] == "2"), abs=1e-6)
+
+
+def test_load_from_a_checkpoint_of_another_model_names_it(config_file, tmp_path):
+    from mmdistill.errors import UserError
+    from mmdistill.models.checkpoints import load_start_weights, save_weights
+
+    other = _net({"type": "tiny_cnn", "widths": [4]})
+    save_weights(other, tmp_path / "other.safetensors")
+    with pytest.raises(UserError, match="training.teacher.load_from: .*other.safetensors"):
+        load_start_weights(_net(), tmp_path / "other.safetensors", "training.teacher.load_from")
+    with pytest.raises(UserError, match=r"training\.student\.load_from: checkpoint not found"):
+        load_config(config_file, ["training.student.load_from=nope.safetensors"])

@@ -32,9 +32,10 @@ def test_run_directory_has_every_artifact(finished_run):
         assert (run_dir / name).is_file(), name
     for stage in ("teacher", "student", "baseline"):
         for task in ("finding", "urgent"):
-            matrix = np.load(run_dir / "confusion" / f"{stage}_{task}_test.npy")
-            assert matrix.sum() == 32  # every test sample counted once
-            assert (run_dir / "plots" / f"confusion_{stage}_{task}_test.png").stat().st_size > 1000
+            for split in ("dev", "test"):  # dev beside test, as seed 000 saved both
+                matrix = np.load(run_dir / "confusion" / f"{stage}_{task}_{split}.npy")
+                assert matrix.sum() == 32  # every sample of the split counted once
+                assert (run_dir / "plots" / f"confusion_{stage}_{task}_{split}.png").stat().st_size > 1000
     assert not list(run_dir.rglob("*.tmp"))
 
 
@@ -45,8 +46,11 @@ def test_results_json_has_the_public_keys(finished_run):
         for split in ("dev", "test"):
             m = results[stage][split]
             assert 0.0 <= m["score"] <= 1.0
-            assert m["score"] == pytest.approx(np.mean([m["tasks"][t]["f1_macro"] for t in ("finding", "urgent")]))
-            assert {"f1_macro", "accuracy", "f1_per_class"} <= set(m["tasks"]["finding"])
+            assert m["score"] == pytest.approx(np.mean([m["tasks"][t]["f1"] for t in ("finding", "urgent")]))
+            assert {"f1", "f1_macro", "accuracy", "f1_per_class", "auroc"} <= set(m["tasks"]["finding"])
+            assert m["tasks"]["finding"]["f1"] == m["tasks"]["finding"]["f1_macro"]
+            urgent = m["tasks"]["urgent"]  # binary: the headline is the positive class's F1
+            assert urgent["f1"] == urgent["f1_positive"] == urgent["f1_per_class"]["1"]
             assert set(m["tasks"]["finding"]["f1_per_class"]) == {"horizontal_mild", "horizontal_severe",
                                                                     "vertical_mild", "vertical_severe"}
             assert "auroc" in m["tasks"]["urgent"]

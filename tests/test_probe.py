@@ -63,19 +63,19 @@ def test_binary_task_with_float_labels():
     assert m["f1_macro"] == 1.0 and m["knn_f1_macro"] == 1.0 and m["classes"] == ["no", "yes"]
 
 
-def test_macro_f1_counts_every_class_and_score_averages_tasks():
-    """Class c never occurs: macro F1 over all three classes is 2/3 even with every prediction
-    right; the run score is the mean of the tasks' linear-probe F1."""
+def test_macro_f1_averages_the_classes_present_and_score_averages_tasks():
+    """Class c never occurs in train or eval: macro F1 averages the two classes present, so every
+    prediction right is 1.0 (not 2/3); the run score is the mean of the tasks' linear-probe F1."""
     train_x, train_y = _clusters(10, 4)
     eval_x, eval_y = _clusters(5, 5)
     keep, eval_keep = train_y < 2, eval_y < 2
     two = TaskInfo("two", "multiclass", ("a", "b"))
     out = probe_scores(train_x[keep], {"kind": train_y[keep], "two": train_y[keep]}, eval_x[eval_keep],
                        {"kind": eval_y[eval_keep], "two": eval_y[eval_keep]}, [MC, two])
-    assert out["tasks"]["kind"]["f1_macro"] == pytest.approx(2 / 3)
+    assert out["tasks"]["kind"]["f1_macro"] == out["tasks"]["kind"]["f1"] == 1.0
     assert out["tasks"]["kind"]["accuracy"] == 1.0
     assert out["tasks"]["two"]["f1_macro"] == 1.0
-    assert out["score"] == pytest.approx((2 / 3 + 1) / 2)
+    assert out["score"] == 1.0
 
 
 def test_single_class_train_split_predicts_that_class():

@@ -50,3 +50,42 @@ def test_every_recipe_validates_as_written():
 
     for path in sorted(RECIPES.glob("*.yaml")):
         assert load_config(path).experiment_name
+
+
+def _raw(name):
+    import yaml
+
+    return yaml.safe_load((RECIPES / f"{name}.yaml").read_text())
+
+
+def test_every_recipe_states_its_training_schedule():
+    for path in sorted(RECIPES.glob("*.yaml")):
+        import yaml
+
+        training = yaml.safe_load(path.read_text())["training"]
+        stages = ["student"] if path.stem == "feature_kd" else ["teacher", "student"]  # 003's teacher is extracted
+        for stage in stages:
+            assert {"epochs", "optimizer", "lr", "scheduler", "patience"} <= set(training[stage]), (path.name, stage)
+
+
+def test_recipes_train_as_their_seeds_did_and_name_every_departure():
+    for name in ("medpix", "wound"):  # seeds 000/001: fixed epochs, constant learning rate
+        for stage in ("teacher", "student"):
+            assert _raw(name)["training"][stage]["scheduler"] == "none"
+            assert _raw(name)["training"][stage]["patience"] is None
+    fire = _raw("fire_smoke")  # seed 002: patience 10 / 5, its ablation over its five seeds, compressed
+    assert [fire["training"][s]["patience"] for s in ("teacher", "student")] == [10, 5]
+    assert fire["sweep"]["seeds"] == [42, 123, 456, 789, 1024]
+    assert fire["sweep"]["grid"]["objective.preset"] == ["kl_bce", "kl_l2_bce", "kl_contrastive_l2_bce"]
+    assert (fire["compress"]["sparsity"], fire["compress"]["finetune_epochs"]) == (0.4, 10)
+    derm = _raw("derm")  # seed 004: cross-entropy *or* focal, best validation accuracy
+    losses = [t["term"] for t in derm["objective"]["supervised"]]
+    assert len({"task", "focal"} & set(losses)) == 1
+    assert derm["training"]["teacher"]["monitor"] == derm["training"]["student"]["monitor"] == "dev_accuracy"
+    feature = _raw("feature_kd")  # seed 003: squared L2 per sample, validation loss, its whole grid
+    assert feature["objective"]["terms"][0]["params"]["reduction"] == "sum"
+    assert feature["training"]["student"]["monitor"] == "dev_loss"
+    assert [len(v) for v in feature["sweep"]["grid"].values()] == [3, 3, 2]
+    for name in ("medpix", "wound", "fire_smoke", "derm", "feature_kd", "medpix_cpu"):
+        header = (RECIPES / f"{name}.yaml").read_text().split("\nexperiment_name")[0]
+        assert "Departure" in header or "Addition" in header, name

@@ -122,7 +122,7 @@ def test_umap_map_when_installed(tmp_path):
 
 def test_stage_curves_one_png_per_stage_from_metrics_rows(tmp_path):
     rows = [{"stage": stage, "epoch": e, "train_loss": 1.0 / e, "dev_score": 0.5 + 0.1 * e, "train_kl": 0.3 / e,
-             "dev_finding_f1_macro": 0.4 + 0.1 * e, "lr": 1e-3, "seconds": 0.2, "train_seconds": 0.1}
+             "dev_finding_f1": 0.4 + 0.1 * e, "lr": 1e-3, "seconds": 0.2, "train_seconds": 0.1}
             for stage in ("teacher", "student") for e in (1, 2, 3)]
     rows[0].pop("train_kl")  # a column one row lacks, as metrics.csv writes it ('')
     written = plot_stage_curves(rows, tmp_path / "plots")
@@ -135,7 +135,7 @@ def test_stage_curves_one_png_per_stage_from_metrics_rows(tmp_path):
     writer.writerows(rows)
     back = list(csv.DictReader(io.StringIO(buf.getvalue())))
     assert [p.name for p in plot_stage_curves(back, tmp_path / "again")] == [p.name for p in written]
-    assert curve_columns(list(rows[1])) == (["train_kl"], ["dev_finding_f1_macro"])  # no timings among the losses
+    assert curve_columns(list(rows[1])) == (["train_kl"], ["dev_finding_f1"])  # no timings among the losses
 
 
 def test_fused_vectors_rebuilds_the_run_and_matches_collect_features(run, tmp_path):

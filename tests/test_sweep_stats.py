@@ -65,7 +65,7 @@ def test_paired_edge_cases():
 
 
 def _metrics(score: float, f1: tuple[float, float]) -> dict:
-    return {"score": score, "tasks": {"finding": {"f1_macro": score, "accuracy": score + 0.01,
+    return {"score": score, "tasks": {"finding": {"f1": score, "f1_macro": score, "accuracy": score + 0.01,
                                                   "f1_per_class": {"a": f1[0], "b": f1[1]}, "classes": ["a", "b"], "n": 10}}}
 
 
@@ -188,3 +188,31 @@ def test_report_tables_bold_the_best_and_star_significant_differences(tmp_path, 
     assert "<b>0.8500 ± 0.0100</b>" in html and "0.8000 ± 0.0200<sup>*</sup>" in html
     src = html.split("src='data:image/png;base64,")[1].split("'")[0]
     assert base64.b64decode(src).startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_compressed_students_are_aggregated_over_seeds(tmp_path, demo_root):
+    """Seed 002's question, what does the edge student cost: every compressed model's score,
+    size and latency with its mean and 95% CI over seeds, per variant, in the report too."""
+    from mmdistill.sweep.report import make_report
+
+    root = tmp_path / "x"
+    _fake_sweep(root, demo_root)
+    latency = {1: 0.70, 2: 0.74, 3: 0.72}
+    for variant in ("preset-kd", "preset-kl_bce"):
+        for seed in (1, 2, 3):
+            path = root / variant / f"seed_{seed}" / "results.json"
+            results = json.loads(path.read_text())
+            results["compressed"] = {
+                "fp32": {"score": 0.8, "file_bytes": 4_970_000, "latency_ms_batch1": 3.3, "speedup_batch1": 1.0},
+                "onnx_int8_qdq": {"score": 0.79 + seed / 1000, "file_bytes": 1_300_000,
+                                  "latency_ms_batch1": latency[seed], "speedup_batch1": 3.3 / latency[seed],
+                                  "agreement": 0.99, "default_int8": True}}
+            path.write_text(json.dumps(results))
+    agg = aggregate(root)
+    stat = agg["variants"]["preset-kd"]["metrics"]["compressed.onnx_int8_qdq.latency_ms_batch1"]
+    assert stat["n"] == 3 and stat["mean"] == pytest.approx(0.72) and stat["ci95"][0] < 0.72 < stat["ci95"][1]
+    assert agg["variants"]["preset-kd"]["metrics"]["compressed.onnx_int8_qdq.score"]["mean"] == pytest.approx(0.792)
+    make_report(root, log=lambda line: None)
+    md = (root / "report.md").read_text()
+    table = md.split("## Compressed students")[1].split("\n## ")[0]
+    assert "| preset-kd | onnx_int8_qdq | 3 | 0.7920 ± 0.0010 |" in table and "| 1.30 | 0.720 ± 0.020 |" in table

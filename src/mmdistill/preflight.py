@@ -19,7 +19,7 @@ from mmdistill.config.schema import ExperimentConfig
 from mmdistill.data.dataset import DataBundle
 from mmdistill.data.embeddings import load_teacher_embeddings, teacher_modality
 from mmdistill.errors import UserError
-from mmdistill.losses.objective import build_objective, check_objective
+from mmdistill.losses.objective import check_objective, student_objective
 from mmdistill.models.build import build_model
 from mmdistill.models.fusion import check_fusion
 from mmdistill.models.net import MultiModalNet
@@ -66,6 +66,5 @@ def check_models(config: ExperimentConfig, data: DataBundle) -> MultiModalNet | 
         teacher = PrecomputedTeacher(splits, modality)
     else:
         teacher = build_model(config, "teacher", data)
-    build_objective(config.objective.preset, config.objective.terms, data.tasks, build_model(config, "student", data),
-                    teacher)
+    student_objective(config, data.tasks, build_model(config, "student", data), teacher)
     return teacher

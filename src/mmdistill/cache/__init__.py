@@ -4,13 +4,39 @@ All caches live under `cache.dir` (default `<output_dir>/cache`), one folder per
 every run and sweep variant that points there. They change how fast a run goes, never what it
 computes (float16 teacher outputs, the default, round the teacher's outputs; float32 is exact).
 
-| folder (kind)     | module             | an entry holds                                      | key (`keys.py`): a new entry when any of these change                                                                                          | switch |
-|-------------------|--------------------|-----------------------------------------------------|-------------------------------------------------------------------------------------------------------------------------------------------------|--------|
-| `images/`         | `images.py`        | one split's images of one modality, decoded and resized, uint8 (uint16 for files with more than 8 bits) | the modality's kind, columns, channels, size; every record's image path(s) with file size and mtime, in order                         | `cache.images` |
-| `text/`           | `text.py`          | a frozen text encoder's vector of every distinct text of the run                 | the encoder spec (model, pooling, max length), its weights, every text                                                          | `cache.text` |
-| `teacher/`        | `teacher_outputs.py` | the frozen teacher's outputs per (train sample, view): logits, fused vector, and every feature the objective's terms read | `keys.teacher_digest` on train (teacher spec and weights, its modalities with the mean/std used, image cache on/off, tasks, every train record it reads), the views (count, augmentation, seed), the fields stored, the dtype | `cache.teacher`, `cache.teacher_dtype` |
-| `teacher_scores/` | `teacher_scores.py` | a teacher checkpoint's dev and test metrics (JSON)  | `keys.teacher_digest` on dev and test, and every dev/test label                                                                                   | `cache.teacher` |
-| `baselines/`      | `baselines.py`     | the baseline student's best weights, its metrics.csv rows and its dev/test results | the config without the teacher- and KD-only keys (`config/hashing.baseline_hash`) and the data signature (`keys.data_signature`: every record of every split, with labels) | `cache.baseline` |
+Each kind, its module, what an entry holds, and its key (`keys.py`): an entry is stale, and a
+new one is built, when anything its key hashes changes.
+
+images/<split>-<modality>-<size>px-<key[:16]>/          images.py, switch `cache.images`
+    One split's images of one image modality, decoded and resized, as uint8 (uint16 when a file
+    holds more than 8 bits). Key: a format version; the modality's kind, columns, channels and
+    size; the number of records and every record's image path(s) with file size and mtime, in
+    order (not the pixels: hashing them would cost a decode). Also rebuilt when its array's
+    shape is not the data's.
+text/<key>/                                             text.py, switch `cache.text`
+    A frozen text encoder's vector of every distinct text of the run. Key: the encoder spec
+    (model, pooling, max length), its weights, every text in order.
+teacher/<key>/                                          teacher_outputs.py, switches `cache.teacher`,
+                                                        `cache.teacher_dtype`
+    The frozen teacher's outputs per (train sample, view): every task's logits, the fused
+    vector, and each feature the objective's terms read. Key: `keys.teacher_digest` on train
+    (the teacher spec without its checkpoint path, its weights, its modalities with the mean/std
+    used, the image cache on or off, the tasks, every train record it reads, image files by size
+    and mtime), the number of views, the augmentation and (only with augmentation) the seed, the
+    fields stored and their dtype.
+teacher_scores/<key>.json                               teacher_scores.py, switch `cache.teacher`
+    A teacher's dev and test metrics, stored when a teacher is trained or first evaluated, read
+    by every run that loads its checkpoint. Key: `keys.teacher_digest` on dev and test, and
+    every dev/test label.
+baselines/<key>/                                        baselines.py, switch `cache.baseline`
+    The baseline student's best weights, its metrics.csv rows and its dev/test results. Key:
+    the config without the teacher- and KD-only keys (`config/hashing.baseline_hash`) and the
+    data signature (`keys.data_signature`: every record of every split with its labels, and a
+    feature-KD run's extracted embedding files by size and mtime).
+
+Not here, because they are results rather than caches: a sweep's shared teachers
+(`<sweep>/_teachers/<teacher_key>/seed_<n>/`) and its rule for skipping finished runs
+(`sweep/plan.py`, `config/hashing.py`).
 
 Invalidation is by key alone: nothing is ever updated in place, an input that changes gives a
 new key, and an entry is read only under the key it was written with. Every entry is written

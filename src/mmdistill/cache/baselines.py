@@ -38,7 +38,9 @@ RESULT_FILE = "result.json"
 WEIGHTS_FILE = "baseline_best.safetensors"
 
 
-def _entry(config: "ExperimentConfig", data: "DataBundle") -> tuple[Path, str]:
+def baseline_entry(config: "ExperimentConfig", data: "DataBundle") -> tuple[Path, str]:
+    """(entry directory, key) of this config's baseline; computed once per run (the key hashes
+    the data signature, a stat of every image)."""
     key = baseline_key(config, data)
     return kind_dir(config, "baselines") / key, key
 
@@ -56,11 +58,10 @@ def _read(entry: Path, key: str) -> dict | None:
     return stored
 
 
-def copy_baseline(config: "ExperimentConfig", data: "DataBundle", best_path: Path) -> dict[str, Any] | None:
-    """The stored baseline of this config and data, its weights copied to `best_path`:
+def copy_baseline(entry: Path, key: str, best_path: Path) -> dict[str, Any] | None:
+    """The baseline stored under (`entry`, `key`), its weights copied to `best_path`:
     {"dev", "test", "best_epoch", "rows", "entry"}; None when the cache has none (or it was
     pruned by `mmdistill cache` between the check and the copy)."""
-    entry, key = _entry(config, data)
     stored = _read(entry, key)
     if stored is None:
         return None
@@ -74,12 +75,10 @@ def copy_baseline(config: "ExperimentConfig", data: "DataBundle", best_path: Pat
     return {**stored, "entry": str(entry)}
 
 
-def store_baseline(config: "ExperimentConfig", data: "DataBundle", result: dict[str, Any], rows: list[dict],
-                   weights: Path) -> None:
+def store_baseline(entry: Path, key: str, result: dict[str, Any], rows: list[dict], weights: Path) -> None:
     """Keep a freshly trained baseline (`result`: dev, test, best_epoch, seconds; its metrics.csv
     `rows`; its best `weights`) for later runs with the same key. Another run that stored the
     same baseline first keeps its entry, which a third run may be copying right now."""
-    entry, key = _entry(config, data)
     tmp = entry.with_name(f".{entry.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         tmp.mkdir(parents=True)

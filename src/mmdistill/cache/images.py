@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from mmdistill.cache import kind_dir
 from mmdistill.cache.keys import image_paths, images_key
 from mmdistill.cache.store import ArrayStore, StoreWriter, open_or_build
+from mmdistill.config.schema import hw
 from mmdistill.data.dataset import load_data
 from mmdistill.data.images import SIXTEEN_BIT
 
@@ -58,10 +59,16 @@ class ImageCache:
         return torch.from_numpy(np.divide(row, self.scale, out=row))
 
 
+def size_label(size: Any) -> str:
+    """`32px` for a square, `32x48px` for [height, width]."""
+    h, w = hw(size)
+    return f"{h}px" if h == w else f"{h}x{w}px"
+
+
 def cache_path(config: "ExperimentConfig", split: str, name: str, spec: Any, key: str) -> Path:
     """Readable for someone looking into the cache folder; the key prefix keeps versions apart."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-    return kind_dir(config, "images") / f"{split}-{safe}-{spec.size}px-{key[:16]}"
+    return kind_dir(config, "images") / f"{split}-{safe}-{size_label(spec.size)}-{key[:16]}"
 
 
 def _is_wide(paths: list[str]) -> bool:
@@ -106,7 +113,7 @@ class _WiderThanFirst(Exception):
 
 def _build(path: Path, key: str, dataset: "MultiModalDataset", split: str, name: str, spec: Any,
            config: "ExperimentConfig", dtype: np.dtype) -> ArrayStore:
-    n, shape = len(dataset.records), (spec.total_channels, spec.size, spec.size)
+    n, shape = len(dataset.records), (spec.total_channels, *hw(spec.size))
     # its own generator: iterating a DataLoader draws a seed, and building must not move the
     # global RNG, or a run that builds the cache would train differently from one that reuses it
     loader = DataLoader(_Decode(dataset, name, spec, dtype), batch_size=BATCH, collate_fn=_stack,
@@ -115,7 +122,7 @@ def _build(path: Path, key: str, dataset: "MultiModalDataset", split: str, name:
     info = {"split": split, "modality": name, "size": spec.size, "samples": n}
     with StoreWriter(path, key, info) as writer:
         writer.declare(ARRAY, (n, *shape), dtype)
-        with tqdm(total=n, desc=f"decoding images ({split}, {name} {spec.size}px)", unit="img", leave=False,
+        with tqdm(total=n, desc=f"decoding images ({split}, {name} {size_label(spec.size)})", unit="img", leave=False,
                   disable=not config.logging.progress_bar) as bar:
             for rows, wide in loader:
                 if wide:
@@ -135,7 +142,7 @@ def _build_widening(path: Path, key: str, dataset: "MultiModalDataset", split: s
     except _WiderThanFirst:
         dtype = np.dtype(np.uint16)
         store = _build(path, key, dataset, split, name, spec, config, dtype)
-    log.info("decoded images (%s, %s %dpx, %d samples, %s) in %.1f s, cached in %s", split, name, spec.size,
+    log.info("decoded images (%s, %s %s, %d samples, %s) in %.1f s, cached in %s", split, name, size_label(spec.size),
              len(dataset.records), dtype.name, time.perf_counter() - start, path)
     return store
 
@@ -147,13 +154,14 @@ def open_or_build_images(dataset: "MultiModalDataset", split: str, name: str,
     spec = dataset._image_specs[name]
     key = images_key(dataset.records, name, spec)
     path = cache_path(config, split, name, spec, key)
-    shape = (len(dataset.records), spec.total_channels, spec.size, spec.size)
+    shape = (len(dataset.records), spec.total_channels, *hw(spec.size))
     store, built = open_or_build(path, key, lambda: _build_widening(path, key, dataset, split, name, spec, config),
                                  "decoded-image", valid=lambda store: store.shape(ARRAY) == shape)
     if store is None:
         return None
     if not built:
-        log.info("reusing decoded images (%s, %s %dpx, %d samples) from %s", split, name, spec.size, shape[0], path)
+        log.info("reusing decoded images (%s, %s %s, %d samples) from %s", split, name, size_label(spec.size), shape[0],
+                 path)
     return ImageCache(store)
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from mmdistill.config.hashing import baseline_hash
-from mmdistill.data.views import view_settings
+from mmdistill.data.views import cached_views, view_settings
 
 if TYPE_CHECKING:
     from mmdistill.config.schema import ExperimentConfig
@@ -148,11 +148,15 @@ def teacher_digest(config: "ExperimentConfig", teacher: nn.Module, data: "DataBu
     return h
 
 
-def teacher_outputs_key(config: "ExperimentConfig", teacher: nn.Module, data: "DataBundle", fields: list[str]) -> str:
-    """The teacher's outputs on train: `teacher_digest` of train, the views (count, and the
-    augmentation and seed that decide what each view is), the fields stored and their dtype."""
+def teacher_outputs_key(config: "ExperimentConfig", teacher: nn.Module, data: "DataBundle", fields: list[str],
+                        views: int | None = None) -> str:
+    """The teacher's outputs on train: `teacher_digest` of train, the views (count, default the
+    student stage's `data/views.cached_views`, and the augmentation and seed that decide what
+    each view is), the fields stored and their dtype."""
+    if views is None:
+        views = cached_views(config, config.training.student.epochs)
     h = teacher_digest(config, teacher, data, ("train",))
-    h.update(json.dumps({"format": 2, "views": config.data.views, **view_settings(config), "fields": fields,
+    h.update(json.dumps({"format": 2, "views": views, **view_settings(config), "fields": fields,
                          "dtype": config.cache.teacher_dtype}, sort_keys=True, default=str).encode())
     return h.hexdigest()[:24]
 

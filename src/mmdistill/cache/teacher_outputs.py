@@ -46,7 +46,8 @@ def flat_outputs(out: Any, fields: list[str]) -> dict[str, torch.Tensor]:
     return flat
 
 
-def _device(config: "ExperimentConfig") -> torch.device:
+def teacher_device(config: "ExperimentConfig") -> torch.device:
+    """Where a frozen teacher runs a whole-split pass: the GPU when training would use one."""
     if config.training.accelerator != "cpu" and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")
@@ -54,12 +55,12 @@ def _device(config: "ExperimentConfig") -> torch.device:
 
 @torch.no_grad()
 def build_teacher_store(path: Path, key: str, config: "ExperimentConfig", teacher: "nn.Module", data: "DataBundle",
-                        fields: list[str]) -> ArrayStore:
+                        fields: list[str], views: int) -> ArrayStore:
     """One teacher pass over the train split per view, rows written in (view, sample) order."""
     dataset = data.datasets["train"].select(set(config.teacher.encoders))
-    n, views = len(dataset), config.data.views
+    n = len(dataset)
     dtype = np.float16 if config.cache.teacher_dtype == "float16" else np.float32
-    device = _device(config)
+    device = teacher_device(config)
     was_training = teacher.training
     teacher.eval().to(device)
     names: dict[str, str] = {}
@@ -92,21 +93,23 @@ class TeacherOutputs:
     def __init__(self, store: ArrayStore):
         self.store = store
         self.samples = int(store.meta["samples"])
+        self.views = int(store.meta["views"])
         self.by_field: dict[str, str] = store.meta["arrays_by_field"]
 
     def read(self, index: np.ndarray, view: np.ndarray) -> dict[str, np.ndarray]:
-        """{field: [len(index), ...]} for samples `index` at views `view` (rows are view-major)."""
-        rows = view * self.samples + index
+        """{field: [len(index), ...]} for samples `index` at views `view` (rows are view-major;
+        a stage longer than the views stored, a pruned student's fine-tune, cycles through them)."""
+        rows = (view % self.views) * self.samples + index
         return {field: self.store.read(array, rows).astype(np.float32, copy=False)
                 for field, array in self.by_field.items()}
 
 
 def open_teacher_outputs(config: "ExperimentConfig", teacher: "nn.Module", data: "DataBundle",
-                         fields: list[str]) -> tuple[TeacherOutputs | None, Path, bool]:
-    """The store of `teacher`'s `fields` on train, built now if missing, stale or damaged: (outputs,
-    where, whether it was built); outputs is None when the store cannot be written."""
-    key = teacher_outputs_key(config, teacher, data, fields)
+                         fields: list[str], views: int) -> tuple[TeacherOutputs | None, Path, bool]:
+    """The store of `teacher`'s `fields` on `views` views of train, built now if missing, stale
+    or damaged: (outputs, where, whether it was built); outputs is None when it cannot be written."""
+    key = teacher_outputs_key(config, teacher, data, fields, views)
     path = kind_dir(config, "teacher") / key
-    store, built = open_or_build(path, key, lambda: build_teacher_store(path, key, config, teacher, data, fields),
+    store, built = open_or_build(path, key, lambda: build_teacher_store(path, key, config, teacher, data, fields, views),
                                  "teacher output")
     return (TeacherOutputs(store) if store is not None else None), path, built

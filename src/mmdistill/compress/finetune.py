@@ -13,7 +13,8 @@ import lightning as L
 
 from mmdistill.config.schema import CompressSpec, ExperimentConfig
 from mmdistill.data.dataset import DataBundle, class_counts
-from mmdistill.losses.objective import build_objective
+from mmdistill.data.views import student_views
+from mmdistill.losses.objective import student_objective
 from mmdistill.models.net import MultiModalNet
 from mmdistill.train.recorder import MetricsLog
 from mmdistill.train.fit import StageResult, train_stage
@@ -28,7 +29,7 @@ def finetune(name: str, config: ExperimentConfig, spec: CompressSpec, student: M
     stage = base.model_copy(update={"epochs": spec.finetune_epochs, "lr": spec.finetune_lr or base.lr / 2,
                                     "patience": None})
     L.seed_everything(config.seed, workers=True, verbose=False)
-    objective = build_objective(config.objective.preset, config.objective.terms, data.tasks, student, teacher)
+    objective = student_objective(config, data.tasks, student, teacher)
     objective.set_dataset_size(len(data.datasets["train"]))
     if hasattr(objective, "set_class_counts"):  # terms with class-balanced weights
         counts = class_counts(data.datasets["train"])
@@ -38,6 +39,7 @@ def finetune(name: str, config: ExperimentConfig, spec: CompressSpec, student: M
     # otherwise fine-tune with frozen BatchNorm statistics, stale after channels are removed
     student.train()
     try:
-        return train_stage(name, config, stage, student, objective, data, log, best, teacher=teacher)
+        return train_stage(name, config, stage, student, objective, data, log, best, teacher=teacher,
+                           views=student_views(config))
     finally:
         best.unlink(missing_ok=True)

@@ -102,7 +102,7 @@ class Compressor:
         entry: dict[str, Any] = {
             "score": metrics["score"], "params": params, "nonzero_params": nonzero, "file_bytes": file_bytes(file),
             "latency_ms_batch1": None, "throughput_batch32": None,
-            "tasks": {t: m["f1_macro"] for t, m in metrics["tasks"].items()},
+            "tasks": {t: m["f1"] for t, m in metrics["tasks"].items()},
             "runtime": runtime, "threads": self.spec.threads, "file": self._rel(file), "format": fmt, "source": source,
         }
         if self.reference is None:

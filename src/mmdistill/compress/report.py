@@ -21,7 +21,7 @@ def _mb(n: int) -> str:
 
 
 def table(entries: dict[str, Any]) -> str:
-    """The markdown table (also what the README shows)."""
+    """The markdown table (also what docs/compression.md shows)."""
     fp32 = entries.get("fp32", {})
     head = ("| model | runtime | test score | Δ score | params | non-zero | file | latency b=1 (ms) "
             "| speed-up b=1 | throughput b=32 (/s) | agreement |")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmdistill.config.schema import ExperimentConfig
+from mmdistill.config.schema import ExperimentConfig, hw
 from mmdistill.models.encoders import ImageEncoder
 from mmdistill.models.net import MultiModalNet, TaskInfo
 
@@ -30,25 +30,25 @@ def non_tensor_modalities(config: ExperimentConfig) -> list[str]:
 class TensorStudent(nn.Module):
     """(one tensor per student modality, in `model.modalities` order) -> [B, total outputs]."""
 
-    def __init__(self, model: MultiModalNet, input_sizes: dict[str, int] | None = None):
+    def __init__(self, model: MultiModalNet, input_sizes: dict[str, Any] | None = None):
         super().__init__()
         self.model = model
         self.names = list(model.modalities)
         # ImageEncoder resizes with a shape test in Python; decided here once, so the traced
         # graph has no data-dependent branch
-        self.resize: dict[str, int | None] = {}
+        self.resize: dict[str, tuple[int, int] | None] = {}
         for name in self.names:
             enc = model.encoders[name]
             size = getattr(enc, "input_size", None)
             known = (input_sizes or {}).get(name)
-            self.resize[name] = size if size is not None and size != known else None
+            self.resize[name] = hw(size) if size is not None and (known is None or hw(size) != hw(known)) else None
 
     def _encode(self, name: str, x: torch.Tensor) -> torch.Tensor:
         enc = self.model.encoders[name]
         if isinstance(enc, ImageEncoder):
             size = self.resize[name]
             if size is not None:
-                x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
             return enc.backbone(x)
         return enc(x)
 
@@ -75,14 +75,14 @@ class _Three(TensorStudent):
         return self.logits((x0, x1, x2))
 
 
-def tensor_student(model: MultiModalNet, sizes: dict[str, int] | None = None) -> TensorStudent:
+def tensor_student(model: MultiModalNet, sizes: dict[str, Any] | None = None) -> TensorStudent:
     classes = {1: _One, 2: _Two, 3: _Three}
     if len(model.modalities) not in classes:
         raise ValueError(f"a student with {len(model.modalities)} modalities is not supported for export (1 to 3)")
     return classes[len(model.modalities)](model, sizes).eval()
 
 
-def input_sizes(config: ExperimentConfig) -> dict[str, int]:
+def input_sizes(config: ExperimentConfig) -> dict[str, Any]:
     return {name: spec.size for name, spec in config.data.modalities.items() if hasattr(spec, "size")}
 
 

@@ -5,7 +5,7 @@ The whole check before a run, against the registries of models and loss terms to
 `mmdistill.preflight.load_config`.
 """
 
-from mmdistill.config.loading import read_config, validate_config
+from mmdistill.config.loading import validate_config
 from mmdistill.config.schema import ExperimentConfig
 
-__all__ = ["ExperimentConfig", "read_config", "validate_config"]
+__all__ = ["ExperimentConfig", "validate_config"]

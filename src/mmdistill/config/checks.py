@@ -6,6 +6,7 @@ the features they read) are one level up, in `mmdistill/preflight.py`."""
 
 from __future__ import annotations
 
+from mmdistill.config.monitor import parse_monitor
 from mmdistill.config.schema import ExperimentConfig
 from mmdistill.errors import UserError
 
@@ -34,9 +35,15 @@ def check_consistency(config: ExperimentConfig, source: str) -> None:
                 raise UserError(f"{source}: {role}.masking: {name!r} is not a modality the {role} reads "
                                 f"({', '.join(getattr(config, role).encoders)})")
     for stage in ("teacher", "student"):
-        resume = getattr(config.training, stage).resume_from
-        if resume is not None and not resume.is_file():
-            raise UserError(f"{source}: training.{stage}.resume_from: checkpoint not found: {resume}")
+        settings = getattr(config.training, stage)
+        for key in ("resume_from", "load_from"):
+            path = getattr(settings, key)
+            if path is not None and not path.is_file():
+                raise UserError(f"{source}: training.{stage}.{key}: checkpoint not found: {path}")
+        try:
+            parse_monitor(settings.monitor, config.tasks)
+        except ValueError as exc:
+            raise UserError(f"{source}: training.{stage}.monitor: {exc}") from None
         task = getattr(config.training, stage).weighted_sampling
         if task is not None and task not in config.tasks:
             raise UserError(f"{source}: training.{stage}.weighted_sampling: no task {task!r} "

@@ -17,12 +17,14 @@ from typing import Any
 # Where a run is written and how it talks, not what it computes.
 NOT_RESULTS = ("sweep", "output_dir", "experiment_name", "logging", "cache.dir", "cache.text", "cache.baseline")
 # Read only by the student and baseline stages (and what happens after them).
-STUDENT_ONLY = ("student", "objective.preset", "objective.terms", "training.student", "training.baseline", "compress",
+STUDENT_ONLY = ("student", "objective.preset", "objective.overrides", "objective.terms", "training.student",
+                "training.baseline", "compress",
                 "data.views", "cache.teacher", "cache.teacher_dtype")
 
 # Read only by the teacher stage and the KD student, not by the baseline (the student on task
 # loss alone); `resume_from` is the KD student's own checkpoint.
-NOT_BASELINE = ("teacher", "training.teacher", "objective.preset", "objective.terms", "cache.teacher",
+NOT_BASELINE = ("teacher", "training.teacher", "objective.preset", "objective.overrides", "objective.terms",
+                "cache.teacher",
                 "cache.teacher_dtype", "compress", "training.student.resume_from")
 
 

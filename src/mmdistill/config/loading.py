@@ -121,8 +121,3 @@ def validate_config(raw: dict[str, Any], source: str) -> ExperimentConfig:
         raise UserError(format_validation_error(exc, raw, source)) from None
     check_consistency(config, source)
     return config
-
-
-def read_config(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:
-    """Read a config file, apply `--set` overrides, and validate it (`validate_config`)."""
-    return validate_config(apply_overrides(read_config_file(path), overrides), str(path))

@@ -55,6 +55,14 @@ def _check_image_stat(value: Any, info: ValidationInfo) -> Any:
 # The check travels with the type, so each image modality only declares the two fields.
 CheckedImageStat = Annotated[ImageStat, AfterValidator(_check_image_stat)]
 
+# An image size: one number for a square, or [height, width] (seed 004's img_size).
+ImageSize = Union[Annotated[int, Field(gt=0)], tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]]]
+
+
+def hw(size: "int | tuple[int, int] | list[int]") -> tuple[int, int]:
+    """(height, width) of an ImageSize."""
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
 
 class ImageModality(Strict):
     """An image path column; the image is decoded to `channels` and resized to `size`."""
@@ -62,7 +70,7 @@ class ImageModality(Strict):
     kind: Literal["image"]
     column: str
     channels: Literal[1, 3, 4] = 3
-    size: int = Field(224, gt=0, description="decode resolution; each encoder may resize again")
+    size: ImageSize = Field(224, description="decode resolution, N or [height, width]; each encoder may resize again")
     # declared after `channels` in each class, not in a shared base: pydantic validates fields
     # in order, and the per-channel check reads `channels`
     mean: CheckedImageStat = Field(None, description=IMAGE_STAT_HELP)
@@ -84,7 +92,7 @@ class StackedImageModality(Strict):
     kind: Literal["stacked_image"]
     columns: list[str] = Field(min_length=2)
     channels: list[Literal[1, 3, 4]]
-    size: int = Field(224, gt=0)
+    size: ImageSize = Field(224, description="N or [height, width]")
     mean: CheckedImageStat = Field(None, description=IMAGE_STAT_HELP)
     std: CheckedImageStat = Field(None, description=IMAGE_STAT_HELP, validate_default=True)
 
@@ -144,14 +152,16 @@ class SourceBase(Strict):
     modalities: dict[str, ModalitySpec]
     num_workers: int = Field(0, ge=0)
     augment: Optional[AugmentSpec] = Field(None, description="applied to the train split only")
-    views: int = Field(1, ge=1, description="augmented views per train sample that the KD student cycles through "
-                                             "(one per sample per epoch); the teacher's outputs are cached per view")
+    views: Optional[int] = Field(
+        None, ge=1, description="augmented views per train sample that the KD student cycles through (one per sample "
+                                "per epoch; the teacher's outputs are cached per view); default: a fresh view every "
+                                "epoch with `augment`, one view without")
 
     @model_validator(mode="after")
     def _has_modalities(self) -> "SourceBase":
         if not self.modalities:
             raise ValueError("declare at least one modality")
-        if self.views > 1 and self.augment is None:
+        if self.views is not None and self.views > 1 and self.augment is None:
             raise ValueError(f"views: {self.views} views without `augment` would all be the same image; "
                              "set data.augment or views: 1")
         return self
@@ -277,7 +287,8 @@ class TimmEncoderSpec(Strict):
     pretrained: bool = False
     checkpoint: Optional[Path] = None
     in_chans: Optional[int] = None
-    input_size: Optional[int] = Field(None, gt=0, description="resize input to this before the backbone")
+    input_size: Optional[ImageSize] = Field(None, description="resize input to this (N or [height, width]) "
+                                                              "before the backbone")
     trainable: bool = True
 
 
@@ -285,7 +296,7 @@ class TinyCNNEncoderSpec(Strict):
     type: Literal["tiny_cnn"]
     widths: list[int] = Field(default_factory=lambda: [32, 64, 128, 256])
     in_chans: Optional[int] = None
-    input_size: Optional[int] = Field(None, gt=0)
+    input_size: Optional[ImageSize] = None
     trainable: bool = True
 
 
@@ -368,6 +379,7 @@ class TermSpec(Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     schedule: Optional[Literal["constant", "linear_warmup"]] = None
     warmup: float = Field(0.0, ge=0, le=1, description="fraction of the stage the linear warmup takes")
+    name: Optional[str] = Field(None, description="its column in metrics.csv (train_<name>); default: the term")
 
     @model_validator(mode="after")
     def _warmup_given(self) -> "TermSpec":
@@ -376,12 +388,21 @@ class TermSpec(Strict):
         return self
 
 
+class TermOverride(Strict):
+    """A change to one term of a preset: its weight, and parameters merged over the preset's."""
+
+    weight: Optional[float] = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
 class ObjectiveSpec(Strict):
-    """The student-stage loss: a named preset, or an explicit weighted list of terms; and
-    `supervised`, the loss of the teacher and baseline stages (default: `task` alone), e.g.
-    focal loss with balanced class weights for an imbalanced classifier (seed 004)."""
+    """The student-stage loss: a named preset (with `overrides` of its terms by term name), or
+    an explicit weighted list of terms; and `supervised`, the loss of the teacher and baseline
+    stages (default: `task` alone), e.g. focal loss for an imbalanced classifier (seed 004)."""
 
     preset: Optional[str] = None
+    overrides: dict[str, TermOverride] = Field(default_factory=dict,
+                                               description="term name -> {weight, params} changed in the preset")
     terms: Optional[list[TermSpec]] = None
     supervised: Optional[list[TermSpec]] = None
 
@@ -391,6 +412,8 @@ class ObjectiveSpec(Strict):
             self.preset = "kd"
         if self.preset is not None and self.terms:
             raise ValueError("give either `preset` or `terms`, not both")
+        if self.overrides and self.terms:
+            raise ValueError("`overrides` change a preset's terms; with `terms`, write the values into the terms")
         return self
 
 
@@ -416,7 +439,12 @@ class StageTraining(Strict):
     eta_min: float = Field(0.0, ge=0)
     step_size: int = Field(10, ge=1)
     gamma: float = Field(0.1, gt=0)
-    patience: Optional[int] = Field(5, ge=1, description="epochs without dev improvement; null disables")
+    patience: Optional[int] = Field(5, ge=1, description="validations without improvement of `monitor` before "
+                                                         "the stage stops; null trains every epoch")
+    monitor: str = Field("dev_score", description="what picks the best epoch and stops early: dev_score, "
+                                                 "dev_accuracy, dev_loss or dev_<task>_<f1|f1_macro|accuracy|auroc>")
+    mode: Optional[Literal["min", "max"]] = Field(None, description="direction of `monitor`; default min for "
+                                                                   "dev_loss, max otherwise")
     grad_clip: Optional[float] = Field(None, gt=0)
     limit_train_batches: Optional[int] = Field(None, ge=1, description="cap batches per epoch (smoke runs)")
     weighted_sampling: Optional[str] = Field(
@@ -429,13 +457,16 @@ class StageTraining(Strict):
     save_every: Optional[int] = Field(None, ge=1, description="also keep a resumable checkpoint every N epochs")
     keep_last: int = Field(3, ge=1, description="how many of those periodic checkpoints to keep")
     resume_from: Optional[Path] = Field(None, description="a periodic checkpoint (.ckpt) to resume this stage from")
+    load_from: Optional[Path] = Field(None, description="start from these weights (a .safetensors or .ckpt) and "
+                                                        "train the stage afresh: new optimizer, schedule and epochs")
 
 
 class TrainingSpec(Strict):
     teacher: StageTraining = Field(default_factory=StageTraining)
     student: StageTraining = Field(default_factory=StageTraining)
     baseline: bool = Field(True, description="also train the student on task loss only, to show what KD bought")
-    accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
+    accelerator: Literal["cpu", "gpu", "auto"] = Field("auto", description="auto: a GPU when one is visible, "
+                                                                           "else the CPU")
     devices: Union[int, str] = 1
     precision: Literal["32-true", "16-mixed", "bf16-mixed"] = "32-true"
     deterministic: bool = True
@@ -522,10 +553,25 @@ class SweepExecutorSpec(Strict):
 
 
 class TuneSpec(Strict):
-    """Which variant is best: `metric` is a dotted path into results.json, averaged over seeds."""
+    """Which variant is best: `metric` is a dotted path into results.json, averaged over seeds.
+    Left out, it is what the student stage selects its best epoch on (`training.student.monitor`:
+    `student.dev.score` by default, `student.dev.loss` with `monitor: dev_loss`)."""
 
-    metric: str = "student.dev.score"
-    mode: Literal["min", "max"] = "max"
+    metric: str = Field("student.dev.score", description="default: the student's monitor, as a results.json path")
+    mode: Literal["min", "max"] = Field("max", description="default: the monitor's mode; min for a metric ending "
+                                                           "in `loss`")
+
+    def resolved(self, student: "StageTraining", tasks: list[str]) -> dict[str, str]:
+        """{"metric", "mode"} with what was left out filled in from the student's monitor."""
+        from mmdistill.config.monitor import monitor_mode, results_path
+
+        if "metric" not in self.model_fields_set:
+            metric = results_path(student.monitor, tasks, "student")
+            mode = self.mode if "mode" in self.model_fields_set else monitor_mode(student.monitor, student.mode)
+        else:
+            metric = self.metric
+            mode = self.mode if "mode" in self.model_fields_set else ("min" if metric.endswith("loss") else "max")
+        return {"metric": metric, "mode": mode}
 
 
 class SweepSpec(Strict):

@@ -8,7 +8,7 @@ artifacts) before it goes to a cluster, not the numbers.
 
 from __future__ import annotations
 
-from mmdistill.config.schema import ExperimentConfig
+from mmdistill.config.schema import ExperimentConfig, hw
 
 SMOKE_SIZE = 32
 SMOKE_TEXT_MODEL = "tiny-random-bert"
@@ -31,8 +31,9 @@ def tiny_timm_name(name: str) -> str:
 def smoke_config(config: ExperimentConfig) -> ExperimentConfig:
     data = config.data.model_copy(deep=True)
     for modality in data.modalities.values():
-        if modality.kind == "image":
-            modality.size = min(modality.size, SMOKE_SIZE)
+        if modality.kind in ("image", "stacked_image"):
+            h, w = hw(modality.size)
+            modality.size = min(h, SMOKE_SIZE) if h == w else (min(h, SMOKE_SIZE), min(w, SMOKE_SIZE))
     models = {}
     for role in ("teacher", "student"):
         spec = getattr(config, role).model_copy(deep=True)
@@ -51,6 +52,11 @@ def smoke_config(config: ExperimentConfig) -> ExperimentConfig:
     for stage in (training.teacher, training.student):
         stage.epochs, stage.limit_train_batches, stage.patience = 1, 3, None
         stage.batch_size = min(stage.batch_size, 8)
+    extra = {}
+    if config.compress is not None:  # the same methods, on a short fine-tune and a quick timing
+        extra["compress"] = config.compress.model_copy(update={
+            "finetune_epochs": min(config.compress.finetune_epochs, 1), "calibration_samples": 16, "warmup": 1,
+            "repeats": 3})
     return config.model_copy(update={
-        "experiment_name": f"{config.experiment_name}_smoke", "data": data, "training": training, **models,
+        "experiment_name": f"{config.experiment_name}_smoke", "data": data, "training": training, **models, **extra,
     })

@@ -31,6 +31,13 @@ from mmdistill.errors import UserError
 from mmdistill.registry import Registry
 
 SOURCES: Registry[Callable[[Any], RawSplits]] = Registry("data source")
+# the key of a batch's `inputs` that says, per modality, which samples lack it (models/net.py)
+ABSENT = "_absent"
+
+
+def _missing(value: Any) -> bool:
+    """A sample lacks this text or embedding: no vector, or an empty text."""
+    return value is None or (isinstance(value, str) and not value.strip())
 SOURCES.register("table")(read_table)
 SOURCES.register("medpix")(read_medpix)
 SOURCES.register("derm")(read_derm)
@@ -39,7 +46,8 @@ SOURCES.register("embeddings")(read_embeddings_source)
 
 class MultiModalDataset(Dataset):
     def __init__(self, records: list[Record], modalities: dict[str, ModalitySpec], tasks: list[TaskInfo], split: str,
-                 used: set[str] | None = None, augmenter: Augmenter | None = None):
+                 used: set[str] | None = None, augmenter: Augmenter | None = None,
+                 embedding_dims: dict[str, int] | None = None):
         self.records = records
         self.modalities = {k: v for k, v in modalities.items() if used is None or k in used}
         self.tasks = tasks
@@ -53,6 +61,11 @@ class MultiModalDataset(Dataset):
                           for n, s in self._image_specs.items()}
         # modality -> decoded-image cache (cache/images.py); modalities not in it read the files
         self._image_caches: dict[str, Any] = {}
+        # text and embedding modalities some sample lacks (an empty text, no vector): items then
+        # carry inputs[ABSENT] = {modality: bool}, which the models turn into a modality mask
+        self._embedding_dims = dict(embedding_dims or {})
+        self._absent = {n for n, spec in self.modalities.items() if spec.kind in ("text", "embedding")
+                        and any(_missing(r.values[n]) for r in records)}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -86,6 +99,7 @@ class MultiModalDataset(Dataset):
         view.modalities = {k: v for k, v in self.modalities.items() if k in modalities}
         view._image_specs = {k: v for k, v in self._image_specs.items() if k in modalities}
         view._image_caches = {k: v for k, v in self._image_caches.items() if k in modalities}
+        view._absent = {k for k in self._absent if k in modalities}
         return view
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
@@ -102,9 +116,12 @@ class MultiModalDataset(Dataset):
                 mean, std = self._mean_std[name]
                 inputs[name] = (images[name] - mean) / std
             elif spec.kind == "embedding":
-                inputs[name] = torch.from_numpy(record.values[name])
+                value = record.values[name]
+                inputs[name] = torch.zeros(self._embedding_dims[name]) if value is None else torch.from_numpy(value)
             else:
                 inputs[name] = record.values[name]
+        if self._absent:
+            inputs[ABSENT] = {name: _missing(record.values[name]) for name in sorted(self._absent)}
         labels = {t.name: torch.tensor(self.labels[t.name][i], dtype=torch.float32 if t.type == "binary" else torch.long)
                   for t in self.tasks}
         return {"index": i, "view": view, "inputs": inputs, "labels": labels}
@@ -132,33 +149,44 @@ class DataBundle:
         dataset = self.datasets[split].select(modalities if modalities is not None else set(self.datasets[split].modalities))
         if not augment:
             dataset.augmenter = None
-        generator = torch.Generator().manual_seed(seed)
+        # The sampler's generator is its own: the loader draws its workers' base seed from the
+        # generator it is given, once per iterator, and iterators are made once per epoch without
+        # workers but once per run with persistent ones, so a shared generator would make the
+        # shuffle order depend on `num_workers` (and the baseline cache key does not include it).
+        order = torch.Generator().manual_seed(seed)
         if balance_task is not None:
             labels = np.asarray(dataset.labels[balance_task])
             weights = 1.0 / np.bincount(labels)[labels]
             base: Sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(labels),
-                                                  replacement=True, generator=generator)
+                                                  replacement=True, generator=order)
         elif shuffle:
-            base = RandomSampler(dataset, generator=generator)
+            base = RandomSampler(dataset, generator=order)
         else:
             base = SequentialSampler(dataset)
         sampler = ViewSampler(base, seed, views) if dataset.augmenter is not None else base
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, generator=generator,
-                          persistent_workers=num_workers > 0)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                          generator=torch.Generator().manual_seed(seed + 1), persistent_workers=num_workers > 0)
 
 
 def _embedding_dims(config: ExperimentConfig, records) -> dict[str, int]:
+    """The size of each embedding modality some model reads: every present vector must have it;
+    with none present at all, the size the source knows (seed 004's parquet file)."""
     dims: dict[str, int] = {}
     for name, spec in config.data.modalities.items():
         if spec.kind != "embedding" or name not in config.used_modalities:
             continue
-        first = records.splits["train"][0]
+        present = [r for split in SPLITS for r in records.splits[split] if r.values[name] is not None]
+        if not present:
+            if spec.column not in records.embedding_sizes:
+                raise UserError(f"data.modalities.{name}: no record has a value in column {spec.column!r}")
+            dims[name] = records.embedding_sizes[spec.column]
+            continue
+        first = present[0]
         dims[name] = int(first.values[name].shape[0])
-        for split in SPLITS:
-            for r in records.splits[split]:
-                if r.values[name].shape[0] != dims[name]:
-                    raise UserError(f"{r.origin}: column {spec.column!r}: embedding has {r.values[name].shape[0]} "
-                                    f"values, but {first.origin} has {dims[name]}")
+        for r in present:
+            if r.values[name].shape[0] != dims[name]:
+                raise UserError(f"{r.origin}: column {spec.column!r}: embedding has {r.values[name].shape[0]} "
+                                f"values, but {first.origin} has {dims[name]}")
     return dims
 
 
@@ -170,9 +198,10 @@ def load_data(config: ExperimentConfig) -> DataBundle:
     augment = Augmenter(config.data.augment, config.seed) if config.data.augment else None
     modalities = resolve_image_stats(config.data.modalities, records.splits["train"], config.used_modalities,
                                      progress=config.logging.progress_bar, num_workers=config.data.num_workers)
+    dims = _embedding_dims(config, records)
     datasets = {s: MultiModalDataset(records.splits[s], modalities, tasks, s, config.used_modalities,
-                                     augment if s == "train" else None) for s in SPLITS}
-    return DataBundle(tasks=tasks, datasets=datasets, files=records.files, embedding_dims=_embedding_dims(config, records),
+                                     augment if s == "train" else None, dims) for s in SPLITS}
+    return DataBundle(tasks=tasks, datasets=datasets, files=records.files, embedding_dims=dims,
                       modalities=modalities)
 
 

@@ -1,7 +1,9 @@
 """Seed 004's dermatology data: a harmonized metadata CSV from several public datasets,
 filtered the way its author did (`datasets`, `min_samples_per_label`, `has_text`,
 `data_fraction`), split into train/dev/test by `test_size`/`val_size` stratified by label,
-and joined to precomputed text embeddings (parquet, keyed by image id)."""
+and joined to precomputed text embeddings (parquet, keyed by image id). A case without text
+has no embedding: its text modality is absent, which the models mask like seed 004's
+modality masking, rather than a zero vector they would read as real."""
 
 from __future__ import annotations
 
@@ -77,8 +79,8 @@ def read_derm(spec: DermSourceSpec) -> RawSplits:
         vector = vectors.get(str(row[spec.id_column]))
         enriched.append((origin, {**row, "image": row[spec.image_column], "label": row[spec.label_column],
                                   "text": str(text) if _has_text(text) else "",
-                                  "text_embedding": vector if vector is not None else [0.0] * max(dim, 1)}))
-    raw = RawSplits()
+                                  "text_embedding": vector}))
+    raw = RawSplits(embedding_sizes={"text_embedding": dim} if dim else {})
     for split, idx in _split([str(r[1]["label"]) for r in enriched], spec).items():
         raw.rows[split] = [enriched[i] for i in idx]
         raw.files[split] = f"{path} ({split} split, seed {spec.split_seed})"

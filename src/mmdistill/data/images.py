@@ -1,7 +1,7 @@
 """Decoding any image file into a float tensor with the configured channel count.
 
 Medical and IR data arrive as 8-bit L/RGB/RGBA/palette PNGs and as 16-bit grayscale; all become
-[channels, size, size] floats in [0, 1] before normalisation. Transparent pixels are composited
+[channels, height, width] floats in [0, 1] before normalisation. Transparent pixels are composited
 onto black (the background of CT/MR/IR frames), 16-bit values are scaled by 65535, and grayscale
 is replicated when the model wants three channels.
 """
@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from mmdistill.config.schema import hw
 
 SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N"}
 
@@ -47,14 +49,15 @@ def _fit_channels(arr: np.ndarray, channels: int) -> np.ndarray:
     return np.repeat(arr, 3, -1) if arr.shape[-1] == 1 else arr
 
 
-def load_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
-    """Read `path` as a [channels, size, size] float tensor in [0, 1]."""
+def load_image(path: str | Path, channels: int, size: int | tuple[int, int]) -> torch.Tensor:
+    """Read `path` as a [channels, height, width] float tensor in [0, 1] (`size`: N for N x N)."""
     with Image.open(path) as img:
         img.load()
         arr = _fit_channels(_decode(img), channels)
     tensor = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
-    if tensor.shape[-2:] != (size, size):
-        tensor = F.interpolate(tensor[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+    shape = hw(size)
+    if tuple(tensor.shape[-2:]) != shape:
+        tensor = F.interpolate(tensor[None], size=shape, mode="bilinear", align_corners=False, antialias=True)[0]
     return tensor.clamp_(0.0, 1.0)
 
 

@@ -23,3 +23,5 @@ class SplitRecords:
 
     splits: dict[str, list[Record]] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    # column -> embedding size, from a source that knows it even when no record has one
+    embedding_sizes: dict[str, int] = field(default_factory=dict)

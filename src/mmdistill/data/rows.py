@@ -29,21 +29,26 @@ class RawSplits:
     rows: dict[str, list[Row]] = field(default_factory=lambda: {s: [] for s in SPLITS})
     files: dict[str, str] = field(default_factory=dict)
     headers: dict[str, list[str]] = field(default_factory=dict)
+    embedding_sizes: dict[str, int] = field(default_factory=dict)  # column -> size, when the source knows it
 
 
 def _resolve_image(value: Any, image_root: Path, origin: str, column: str) -> Path:
+    """The path the user's table gives: absolute as written (seed 002's CSV lists
+    /path/to/rgb_001.jpg), relative to `image_root` (default: `root`) otherwise."""
     if not isinstance(value, str) or not value.strip():
         raise UserError(f"{origin}: column {column!r}: empty image path")
-    root = image_root.resolve()
-    path = (image_root / value).resolve()
-    if root != path and root not in path.parents:
-        raise UserError(f"{origin}: column {column!r}: image path {value!r} escapes the data root {image_root}")
+    given = Path(value.strip()).expanduser()
+    path = (given if given.is_absolute() else image_root / given).resolve()
     if not path.is_file():
-        raise UserError(f"{origin}: column {column!r}: image not found: {image_root / value}")
+        raise UserError(f"{origin}: column {column!r}: image not found: {path}")
     return path
 
 
-def _parse_embedding(value: Any, origin: str, column: str) -> np.ndarray:
+def _parse_embedding(value: Any, origin: str, column: str) -> np.ndarray | None:
+    """The vector, or None where the row has none (an empty cell): that sample's modality is
+    then absent, and the models mask it (fusion ignores it) instead of reading a zero vector."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -73,7 +78,7 @@ def records_from_rows(config: ExperimentConfig, raw: RawSplits) -> SplitRecords:
         for column in required:
             if column not in header:
                 raise UserError(f"{path}: missing column {column!r} (columns: {', '.join(header)})")
-    out = SplitRecords(splits={s: [] for s in SPLITS}, files=dict(raw.files))
+    out = SplitRecords(splits={s: [] for s in SPLITS}, files=dict(raw.files), embedding_sizes=dict(raw.embedding_sizes))
     for split in SPLITS:
         for origin, row in raw.rows[split]:
             for column in required:

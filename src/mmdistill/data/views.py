@@ -22,8 +22,9 @@ class ViewSampler(Sampler):
     `views` = k: each epoch draws one view in 0..k-1 per sample from a generator seeded by
     (seed, epoch), so the choice is reproducible and needs no state from earlier epochs.
     `views` = None: the view is the epoch number, a fresh augmentation every epoch (the
-    teacher stage, whose outputs are not cached). Lightning calls `set_epoch` before every
-    epoch (resumed runs included); without it the sampler counts its own epochs.
+    teacher stage and the baseline; the KD student by default, whose cache then holds one view
+    per epoch). Lightning calls `set_epoch` before every epoch (resumed runs included); without
+    it the sampler counts its own epochs.
     """
 
     def __init__(self, base: Sampler, seed: int, views: int | None):
@@ -53,6 +54,25 @@ class ViewSampler(Sampler):
 
     def __len__(self) -> int:
         return len(self.base)
+
+
+def student_views(config: Any) -> int | None:
+    """How many views the KD student cycles through: `data.views` when given (seed 003's
+    precomputed views, or a cap chosen to save cache space), else a fresh view every epoch with
+    augmentation (None) and the one plain view without. The baseline and the teacher always
+    draw a fresh view per epoch: neither reads the teacher cache."""
+    if config.data.views is not None:
+        return config.data.views
+    return None if config.data.augment is not None else 1
+
+
+def cached_views(config: Any, epochs: int) -> int:
+    """How many views per sample the teacher-output cache holds for a student stage of
+    `epochs`: its fixed views, or one per epoch when it draws a fresh view each epoch (the
+    cache build is then the teacher pass an on-the-fly teacher would make, done once for every
+    run that shares the teacher, view settings and epochs)."""
+    views = student_views(config)
+    return views if views is not None else epochs
 
 
 def view_settings(config: Any) -> dict[str, Any]:

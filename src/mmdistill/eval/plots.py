@@ -44,7 +44,7 @@ def plot_curves(rows: list[dict], path: Path) -> None:
         ax_loss.plot(epochs, [r["train_loss"] for r in mine], marker="o", label=stage)
         ax_score.plot(epochs, [r["dev_score"] for r in mine], marker="o", label=stage)
     ax_loss.set(title="train loss", xlabel="epoch")
-    ax_score.set(title="dev score (mean macro F1)", xlabel="epoch")
+    ax_score.set(title="dev score (mean over tasks of the headline F1)", xlabel="epoch")
     for ax in (ax_loss, ax_score):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -75,15 +75,15 @@ def _number(value) -> float:
 
 def curve_columns(columns: list[str]) -> tuple[list[str], list[str]]:
     """(loss-term columns, per-task dev F1 columns) of metrics.csv: train_<term> but not
-    train_loss (drawn apart) or train_seconds (a duration); dev_<task>_f1_macro."""
+    train_loss (drawn apart) or train_seconds (a duration); dev_<task>_f1 (each task's headline F1)."""
     terms = [c for c in columns if c.startswith("train_") and c != "train_loss" and not c.endswith("_seconds")]
-    return terms, [c for c in columns if c.startswith("dev_") and c.endswith("_f1_macro")]
+    return terms, [c for c in columns if c.startswith("dev_") and c.endswith("_f1")]
 
 
 def plot_stage_curves(rows: list[dict], plots_dir: Path) -> list[Path]:
     """plots/{stage}_training_curves.png per stage (seed 002's teacher_training_curves.png):
     the train loss with each weighted loss term, the dev score with each task's macro F1, and
-    the learning rate. Columns follow train/recorder.py: train_<term>, dev_<task>_f1_macro, lr
+    the learning rate. Columns follow train/recorder.py: train_<term>, dev_<task>_f1, lr
     (train_seconds and seconds are timings, not drawn)."""
     written = []
     for stage in dict.fromkeys(r["stage"] for r in rows):
@@ -98,10 +98,10 @@ def plot_stage_curves(rows: list[dict], plots_dir: Path) -> list[Path]:
         ax_score.plot(epochs, [_number(r.get("dev_score")) for r in mine], marker="o", label="score", color="black")
         for c in tasks:
             ax_score.plot(epochs, [_number(r.get(c)) for r in mine], marker=".", linestyle="--",
-                          label=c.removeprefix("dev_").removesuffix("_f1_macro"))
+                          label=c.removeprefix("dev_").removesuffix("_f1"))
         ax_lr.plot(epochs, [_number(r.get("lr")) for r in mine], marker="o", color="tab:gray")
         ax_loss.set(title=f"{stage}: train loss", xlabel="epoch")
-        ax_score.set(title=f"{stage}: dev macro F1", xlabel="epoch")
+        ax_score.set(title=f"{stage}: dev F1 (score and per task)", xlabel="epoch")
         ax_lr.set(title=f"{stage}: learning rate", xlabel="epoch")
         for ax in (ax_loss, ax_score, ax_lr):
             ax.grid(alpha=0.3)

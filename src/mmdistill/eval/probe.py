@@ -4,7 +4,9 @@ The heads of a distilled student say how well it copies the teacher's *outputs*;
 how useful its *vectors* are on their own. The two probes answer different questions: the
 linear probe asks whether the classes are linearly separable (what a new head on top would
 get), k-NN whether same-class samples sit together by angle, which survives a non-linear
-layout that defeats a linear head. Both are reported, with macro F1 as everywhere else.
+layout that defeats a linear head. Both are reported with the same headline F1 as every other
+metric (`eval/metrics.py`: positive-class F1 for a binary task, macro F1 over the classes
+present for a multiclass one), and the macro F1 beside it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from mmdistill.data.labels import TaskInfo
+from mmdistill.eval.metrics import headline_f1
 
 if TYPE_CHECKING:
     from mmdistill.data.dataset import DataBundle
@@ -47,18 +50,18 @@ def _knn(x: np.ndarray, y: np.ndarray, k: int):
     return KNeighborsClassifier(n_neighbors=max(1, min(k, len(x))), metric="cosine").fit(x, y)
 
 
-def _scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple[float, float]:
-    f1 = f1_score(y_true, y_pred, labels=list(range(n_classes)), average="macro", zero_division=0)
-    return float(f1), float(accuracy_score(y_true, y_pred))
+def _scores(task: TaskInfo, y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float, float]:
+    """(headline F1, macro F1 over the classes present, accuracy)."""
+    return (headline_f1(task, y_true, y_pred), float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+            float(accuracy_score(y_true, y_pred)))
 
 
 def probe_scores(train_x: np.ndarray, train_y: dict[str, np.ndarray], eval_x: np.ndarray,
                  eval_y: dict[str, np.ndarray], tasks: Sequence[TaskInfo], k: int = 5, seed: int = 0) -> dict[str, Any]:
     """Fit both probes on (train_x, train_y) and score them on (eval_x, eval_y), per task.
 
-    Labels are as the datasets hold them (binary 0/1 floats, multiclass class indices). Macro F1
-    averages over all of the task's classes, so a class the probe never predicts counts as 0.
-    Returns {"score": mean linear-probe macro F1 over tasks, "tasks": {task: {...}}}.
+    Labels are as the datasets hold them (binary 0/1 floats, multiclass class indices).
+    Returns {"score": mean linear-probe headline F1 over tasks, "tasks": {task: {...}}}.
     """
     train_x = np.asarray(train_x, dtype=np.float64)
     eval_x = np.asarray(eval_x, dtype=np.float64)
@@ -68,12 +71,12 @@ def probe_scores(train_x: np.ndarray, train_y: dict[str, np.ndarray], eval_x: np
     for task in tasks:
         y_fit = np.asarray(train_y[task.name]).astype(np.int64)
         y_true = np.asarray(eval_y[task.name]).astype(np.int64)
-        n_classes = len(task.classes)
-        f1, acc = _scores(y_true, _linear(train_x, y_fit, seed).predict(eval_x), n_classes)
-        knn_f1, knn_acc = _scores(y_true, _knn(train_x, y_fit, k).predict(eval_x), n_classes)
-        per_task[task.name] = {"f1_macro": f1, "accuracy": acc, "knn_f1_macro": knn_f1, "knn_accuracy": knn_acc,
+        f1, macro, acc = _scores(task, y_true, _linear(train_x, y_fit, seed).predict(eval_x))
+        knn_f1, knn_macro, knn_acc = _scores(task, y_true, _knn(train_x, y_fit, k).predict(eval_x))
+        per_task[task.name] = {"f1": f1, "f1_macro": macro, "accuracy": acc, "knn_f1": knn_f1,
+                               "knn_f1_macro": knn_macro, "knn_accuracy": knn_acc,
                                "classes": list(task.classes), "n": int(len(y_true))}
-    return {"score": float(np.mean([m["f1_macro"] for m in per_task.values()])), "tasks": per_task}
+    return {"score": float(np.mean([m["f1"] for m in per_task.values()])), "tasks": per_task}
 
 
 def probe_splits(features: dict[str, np.ndarray], data: "DataBundle", seed: int) -> dict[str, Any]:

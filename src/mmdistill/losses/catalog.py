@@ -9,7 +9,7 @@ from typing import Any
 from pydantic_core import PydanticUndefined
 
 import mmdistill.losses  # noqa: F401  (registers every term)
-from mmdistill.losses.objective import PRESET_NOTES, PRESETS
+from mmdistill.losses.presets import PRESET_NOTES, PRESETS
 from mmdistill.losses.terms import TERMS, Term
 
 
@@ -64,11 +64,18 @@ def _format_term(entry: dict[str, Any]) -> str:
     return f"{entry.get('weight', 1.0):g} * {entry['term']}" + (f"({args})" if args else "")
 
 
+PRESET_HELP = """\
+`*` in a feature reference (projection:*, embedding:*) means every modality both models read:
+the term is repeated per such modality, its weight shared equally (fused vectors when none).
+Change a preset's terms by name: objective.overrides: {kd_logits: {params: {temperature: 2}}, task: {weight: 0.3}}
+(on the command line: --set objective.overrides.kd_logits.params.temperature=2)"""
+
+
 def describe_presets() -> str:
-    """Every preset: its name, what it is, and its weighted terms."""
+    """Every preset: its name, what it is, and its weighted terms; then how to change one."""
     lines = []
     for name, entries in PRESETS.items():
         note = PRESET_NOTES.get(name, "")
         lines.append(f"{name}" + (f"  -- {note}" if note else ""))
         lines.append("    " + " + ".join(_format_term(e) for e in entries))
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + PRESET_HELP

@@ -1,13 +1,9 @@
-"""The objective: a weighted sum of registered terms, from a preset name or an explicit list.
-
-Presets name the combinations the seed repositories used, so `objective.preset: kl_bce`
-reproduces seed 002's baseline exactly (0.7 * KD + 0.3 * BCE, T = 4). Each term may carry a
-weight schedule (`schedule: linear_warmup`, `warmup`), applied here from `batch.progress`.
+"""The objective: a weighted sum of registered terms, from a preset name or an explicit list
+(`presets.py` turns either into the list of terms for the models at hand). Each term may carry
+a weight schedule (`schedule: linear_warmup`, `warmup`), applied here from `batch.progress`.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 from pydantic import ValidationError
@@ -15,74 +11,9 @@ from torch import nn
 
 from mmdistill.config.schema import ExperimentConfig, TermSpec
 from mmdistill.errors import UserError
+from mmdistill.losses.presets import PRESET_NOTES, PRESETS, resolve_terms  # noqa: F401  (PRESETS re-exported)
 from mmdistill.losses.terms import TERMS, LossBatch, Term
 from mmdistill.models.net import ModelOutput, MultiModalNet, TaskInfo
-
-_KD = {"term": "kd_logits", "params": {"temperature": 4.0}}
-
-# Feature terms read `fused` (the fused vector of each model) unless a preset says otherwise.
-PRESETS: dict[str, list[dict[str, Any]]] = {
-    # supervised only: the teacher stage and the baseline student
-    "task_only": [{"term": "task", "weight": 1.0}],
-    # Hinton KD with alpha = 0.5: 0.5 * task + 0.5 * KD (T = 4)
-    "kd": [{"term": "task", "weight": 0.5}, {**_KD, "weight": 0.5}],
-    # seed 002 baseline: 0.7 * KL (T = 4) + 0.3 * BCE/CE
-    "kl_bce": [{**_KD, "weight": 0.7}, {"term": "task", "weight": 0.3}],
-    # seed 002 variant 1: 0.5 * KL + 0.2 * L2 on the fused features + 0.3 * BCE/CE
-    "kl_l2_bce": [
-        {**_KD, "weight": 0.5},
-        {"term": "feat_l2", "weight": 0.2},
-        {"term": "task", "weight": 0.3},
-    ],
-    # seed 002 variant 2: 0.4 * KL + 0.2 * contrastive (pairwise-distance structure) + 0.2 * L2 + 0.2 * BCE/CE
-    "kl_contrastive_l2_bce": [
-        {**_KD, "weight": 0.4},
-        {"term": "contrastive_dist", "weight": 0.2},
-        {"term": "feat_l2", "weight": 0.2},
-        {"term": "task", "weight": 0.2},
-    ],
-    # seed 003: feature regression (magnitude) + cosine (direction) + task, all weight 1
-    "feat_l2_cos": [{"term": "feat_l2", "weight": 1.0}, {"term": "feat_cos", "weight": 1.0}, {"term": "task", "weight": 1.0}],
-    # seed 000 `vanilla`: (1 - alpha) * task + alpha * KD with alpha = 0.5, T = 4
-    "vanilla": [{"term": "task", "weight": 0.5}, {**_KD, "weight": 0.5}],
-    # seed 000 `combined`: vanilla + 0.25 * L2 + 0.25 * cosine on the fused features
-    # (seed 000 does not publish its beta/gamma; 0.25 each is our choice)
-    "combined": [
-        {"term": "task", "weight": 0.5},
-        {**_KD, "weight": 0.5},
-        {"term": "feat_l2", "weight": 0.25},
-        {"term": "feat_cos", "weight": 0.25},
-    ],
-    # seed 000 `crd`: vanilla + 0.8 * CRD (0.8 is the CRD paper's weight)
-    "crd": [{"term": "task", "weight": 0.5}, {**_KD, "weight": 0.5}, {"term": "crd", "weight": 0.8}],
-    # seed 000 `rkd`: vanilla + RKD (distance 1 + angle 2, the RKD authors' code defaults)
-    "rkd": [{"term": "task", "weight": 0.5}, {**_KD, "weight": 0.5}, {"term": "rkd", "weight": 1.0}],
-    # seed 000 `mmd`: vanilla + MMD^2 between student and teacher fused features
-    "mmd": [{"term": "task", "weight": 0.5}, {**_KD, "weight": 0.5}, {"term": "mmd", "weight": 1.0}],
-}
-
-PRESET_NOTES: dict[str, str] = {
-    "task_only": "supervised loss only (teacher stage, baseline student)",
-    "kd": "Hinton KD, alpha 0.5, T 4",
-    "kl_bce": "seed 002 baseline: 0.7 KL + 0.3 BCE",
-    "kl_l2_bce": "seed 002 variant 1: KL + feature L2 + BCE",
-    "kl_contrastive_l2_bce": "seed 002 variant 2: KL + contrastive distances + L2 + BCE",
-    "feat_l2_cos": "seed 003: feature L2 + cosine + task",
-    "vanilla": "seed 000 vanilla: task + KD, alpha 0.5",
-    "combined": "seed 000 combined: task + KD + feature L2 + cosine (fused)",
-    "crd": "seed 000 crd: task + KD + CRD (fused)",
-    "rkd": "seed 000 rkd: task + KD + RKD (fused)",
-    "mmd": "seed 000 mmd: task + KD + MMD (fused)",
-}
-
-
-def resolve_terms(preset: str | None, terms: list[TermSpec] | None, key: str = "objective") -> list[TermSpec]:
-    if terms:
-        return list(terms)
-    if preset not in PRESETS:
-        raise UserError(f"{key}.preset: unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
-    return [TermSpec.model_validate(t) for t in PRESETS[preset]]
-
 
 def _validated_params(spec: TermSpec, key: str):
     cls = TERMS.get(spec.term, f"{key}.term")
@@ -99,7 +30,12 @@ def _validated_params(spec: TermSpec, key: str):
 def check_objective(config: ExperimentConfig) -> None:
     """Term names, parameters and the features they read, checked before anything is built."""
     models = {"student": set(config.student.encoders), "teacher": set(config.teacher.encoders)}
-    for i, spec in enumerate(resolve_terms(config.objective.preset, config.objective.terms)):
+    objective = config.objective
+    for spec in resolve_terms(objective.preset, objective.terms, objective.overrides):
+        if spec.term in objective.overrides:  # an error in an override is named where it was written
+            _validated_params(spec, f"objective.overrides.{spec.term}")
+    for i, spec in enumerate(resolve_terms(objective.preset, objective.terms, objective.overrides,
+                                           list(config.student.encoders), list(config.teacher.encoders))):
         key = f"objective.terms.{i}" if config.objective.terms else f"objective.preset {config.objective.preset!r}, term {i}"
         cls, params = _validated_params(spec, key)
         for role in ("student", "teacher"):
@@ -143,7 +79,8 @@ class Objective(nn.Module):
                 modules.append(cls(params, tasks, student, teacher))
             except UserError as exc:
                 raise UserError(f"{key}.terms.{i}: {exc}") from None
-            self.names.append(spec.term if spec.term not in self.names else f"{spec.term}_{i}")
+            name = spec.name or spec.term
+            self.names.append(name if name not in self.names else f"{name}_{i}")
             self.weights.append(spec.weight)
             self.schedules.append((spec.schedule, spec.warmup))
         self.terms = nn.ModuleList(modules)
@@ -185,7 +122,28 @@ class Objective(nn.Module):
                  for i, (name, term) in enumerate(zip(self.names, self.terms))}
         return sum(parts.values()), parts
 
+    def dev_loss(self, student: ModelOutput, teacher: ModelOutput | None, batch: LossBatch) -> torch.Tensor:
+        """The objective on a dev batch, for `monitor: dev_loss`: every weighted term except the
+        memory-bank ones (CRD), whose banks hold one entry per train sample and would be read
+        at dev indices."""
+        with torch.no_grad():
+            parts = [self.weight_at(i, batch.progress) * term(student, teacher, batch)
+                     for i, term in enumerate(self.terms) if not term.needs_dataset_size]
+        return sum(parts) if parts else torch.zeros(())
+
 
 def build_objective(preset: str | None, terms: list[TermSpec] | None, tasks: list[TaskInfo],
-                    student: MultiModalNet, teacher: MultiModalNet | None, key: str = "objective") -> Objective:
-    return Objective(resolve_terms(preset, terms), tasks, student, teacher, key)
+                    student: MultiModalNet, teacher: nn.Module | None, key: str = "objective",
+                    overrides: dict | None = None) -> Objective:
+    """The objective of a preset (with `overrides`) or of explicit `terms`, for these models."""
+    teacher_reads = getattr(teacher, "modalities", None) or ([teacher.modality] if hasattr(teacher, "modality") else [])
+    specs = resolve_terms(preset, terms, overrides, list(student.modalities), list(teacher_reads), key)
+    return Objective(specs, tasks, student, teacher, key)
+
+
+def student_objective(config: ExperimentConfig, tasks: list[TaskInfo], student: MultiModalNet,
+                      teacher: nn.Module | None) -> Objective:
+    """The KD student's objective as the config gives it (`objective.preset` with its
+    `overrides`, or `objective.terms`)."""
+    spec = config.objective
+    return build_objective(spec.preset, spec.terms, tasks, student, teacher, overrides=spec.overrides)

@@ -420,13 +420,27 @@ class FeatureTerm(Term):
         return self.regressor(student.feature(self.params.student)), teacher.feature(self.params.teacher).detach()
 
 
+class FeatureL2Params(FeatureParams):
+    reduction: Literal["mean", "sum"] = Field(
+        "mean", description="over the feature dimensions: mean (FitNets, PyTorch's MSE) or sum (the squared "
+                            "distance ||r(h_s) - h_t||^2 per sample, seed 003's); both then average the batch")
+
+
 @TERMS.register("feat_l2")
 class FeatureL2(FeatureTerm):
-    """Feature regression (FitNets): mean over batch and dims of (r(h_s) - h_t)^2."""
+    """Feature regression (FitNets): mean over the batch of (r(h_s) - h_t)^2, averaged (reduction mean) or summed (sum) over dims.
+
+    `reduction: sum` is seed 003's ||h_t - h_s||_2^2 per sample, D times the mean, so a
+    `lamda_feat` tuned there carries over unchanged.
+    """
+
+    Params = FeatureL2Params
 
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: LossBatch) -> torch.Tensor:
         s, t = self.pair(student, teacher)
-        return F.mse_loss(s, t)
+        if self.params.reduction == "mean":
+            return F.mse_loss(s, t)
+        return ((s - t) ** 2).flatten(1).sum(1).mean()
 
 
 @TERMS.register("feat_cos")

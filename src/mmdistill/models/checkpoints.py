@@ -42,3 +42,30 @@ def load_weights(model: MultiModalNet, path: Path, key: str) -> None:
     if missing or unexpected:
         names = (list(missing) + list(unexpected))[:3]
         raise UserError(f"{key}: {path} does not fit this model (mismatched weights: {', '.join(names)} ...)")
+
+
+def load_start_weights(model: MultiModalNet, path: Path, key: str) -> None:
+    """Start a stage from earlier weights (`training.<stage>.load_from`, seed 004's load_from):
+    an mmdistill safetensors checkpoint (`<stage>_best.safetensors`), or a periodic Lightning
+    checkpoint (`.ckpt`, of which only the model's weights are taken: the optimizer, schedule
+    and epoch count start afresh, which is what tells this apart from `resume_from`)."""
+    path = Path(path)
+    if path.suffix != ".ckpt":
+        load_weights(model, path, key)
+        return
+    import torch
+
+    if not path.is_file():
+        raise UserError(f"{key}: checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    except Exception as exc:  # a damaged file, or not a Lightning checkpoint
+        raise UserError(f"{key}: {path} is not a readable Lightning checkpoint ({exc})") from None
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape
+        raise UserError(f"{key}: {path} does not fit this model ({str(exc).splitlines()[0]})") from None
+    if missing or unexpected:
+        names = (list(missing) + list(unexpected))[:3]
+        raise UserError(f"{key}: {path} does not fit this model (mismatched weights: {', '.join(names)} ...)")

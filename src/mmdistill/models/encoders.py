@@ -20,6 +20,7 @@ from mmdistill.config.schema import (
     HFTextEncoderSpec,
     MLPEncoderSpec,
     ModalitySpec,
+    hw,
     TimmEncoderSpec,
     TinyCNNEncoderSpec,
 )
@@ -74,7 +75,7 @@ class ImageEncoder(Encoder):
     is a function that finds out when first asked (a picklable one: no lambdas).
     """
 
-    def __init__(self, backbone: nn.Module, out_dim: int, input_size: int | None, trainable: bool,
+    def __init__(self, backbone: nn.Module, out_dim: int, input_size: int | tuple[int, int] | None, trainable: bool,
                  layout: str | None | Callable[[], str | None] = None):
         super().__init__(trainable)
         self.backbone = backbone
@@ -84,8 +85,8 @@ class ImageEncoder(Encoder):
         self.freeze_if_needed()
 
     def _resize(self, images: torch.Tensor) -> torch.Tensor:
-        if self.input_size is not None and images.shape[-1] != self.input_size:
-            images = F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        if self.input_size is not None and tuple(images.shape[-2:]) != hw(self.input_size):
+            images = F.interpolate(images, size=hw(self.input_size), mode="bilinear", align_corners=False)
         return images
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -146,7 +147,8 @@ def encoder_feature_map_layout(spec: Any, modality: Any) -> str | None:
     return None
 
 
-def _create_timm(name: str, pretrained: bool, input_size: int | None, kwargs: dict[str, Any]) -> nn.Module:
+def _create_timm(name: str, pretrained: bool, input_size: int | tuple[int, int] | None,
+                 kwargs: dict[str, Any]) -> nn.Module:
     """Transformers are built for `input_size` (position embeddings sized to it, as seed 003
     does for its low-resolution students); CNNs take any size and have no `img_size`."""
     import timm

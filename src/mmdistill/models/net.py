@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmdistill.config.schema import ModelSpec, ModalitySpec
+from mmdistill.data.dataset import ABSENT
 from mmdistill.data.labels import TaskInfo
 from mmdistill.models.encoders import ENCODERS, Encoder
 from mmdistill.models.fusion import build_fusion
@@ -121,7 +122,7 @@ class MultiModalNet(nn.Module):
         projections = {m: self.projections[m](embeddings[m]) for m in self.modalities}
         if self.normalize_projections:
             projections = {m: F.normalize(p, dim=-1) for m, p in projections.items()}
-        present = self._present(next(iter(projections.values())))
+        present = self._present(next(iter(projections.values())), inputs.get(ABSENT))
         fused = self.fusion([projections[m] for m in self.modalities], present)
         logits = self._heads(self.heads, self.dropout(fused.detach() if self.probe_heads else fused))
         aux = {m: self._heads(self.aux_heads[m], projections[m]) for m in self.modalities if m in self.aux_heads}
@@ -135,23 +136,31 @@ class MultiModalNet(nn.Module):
             out[task.name] = z.squeeze(-1) if task.type == "binary" else z
         return out
 
-    def _present(self, like: torch.Tensor) -> torch.Tensor | None:
-        """Which modalities each sample keeps; random masking only while training, and never
-        all of a sample's modalities (one is restored at random)."""
-        if self.masking is None:
+    def _present(self, like: torch.Tensor, absent: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor | None:
+        """Which modalities each sample keeps: not those its data lacks (`absent`, from the
+        dataset), nor `masking.complete`, nor, while training, those random masking drops; and
+        never none of them (one is restored at random among those the data has)."""
+        absent = {m: flags for m, flags in (absent or {}).items() if m in self.modalities}
+        if self.masking is None and not absent:
             return None
         batch = like.shape[0]
         present = torch.ones(batch, len(self.modalities), dtype=torch.bool, device=like.device)
-        if self.masking.complete in self.modalities:
-            present[:, self.modalities.index(self.masking.complete)] = False
-        if self.training and self.masking.random:
+        available = present.clone()
+        for m, flags in absent.items():
+            available[:, self.modalities.index(m)] = ~flags.to(device=like.device, dtype=torch.bool)
+        present &= available
+        complete = self.masking.complete if self.masking is not None else None
+        if complete in self.modalities:
+            present[:, self.modalities.index(complete)] = False
+        if self.training and self.masking is not None and self.masking.random:
             probs = torch.tensor([self.masking.random.get(m, 0.0) for m in self.modalities], device=like.device)
             present &= torch.rand(batch, len(self.modalities), device=like.device) >= probs
         empty = ~present.any(dim=1)
         if empty.any():
-            allowed = torch.ones_like(present)
-            if self.masking.complete in self.modalities and len(self.modalities) > 1:
-                allowed[:, self.modalities.index(self.masking.complete)] = False
+            allowed = available.clone()
+            if complete in self.modalities and len(self.modalities) > 1:
+                allowed[:, self.modalities.index(complete)] = False
+            allowed[~allowed.any(dim=1)] = True  # a sample whose data has nothing: any slot, read as zeros
             pick = torch.multinomial(allowed[empty].float(), 1).squeeze(1)
             present[empty.nonzero().squeeze(1), pick] = True
         return present

@@ -24,13 +24,19 @@ def sample_views(batch: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, torch.d
 
 class PrecomputedTeacher(nn.Module):
     """`splits`: {split: [samples, views, dim]} extracted embeddings; the student stage reads
-    train. For building the objective it also answers the size of that embedding."""
+    `split` (train; dev for the dev loss). For building the objective it also answers the size
+    of that embedding."""
 
-    def __init__(self, splits: dict[str, np.ndarray], modality: str):
+    def __init__(self, splits: dict[str, np.ndarray], modality: str, split: str = "train"):
         super().__init__()
         self.splits = splits
         self.modality = modality
+        self.split = split
         self.want_feature_maps: set[str] = set()
+
+    def for_split(self, split: str) -> "PrecomputedTeacher":
+        """The same teacher answering for batches of `split` (dev and test hold one view)."""
+        return PrecomputedTeacher(self.splits, self.modality, split)
 
     def feature_dim(self, ref: str) -> int:
         if ref != f"embedding:{self.modality}":
@@ -43,5 +49,5 @@ class PrecomputedTeacher(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         index, view, device = sample_views(batch)
-        rows = torch.from_numpy(np.asarray(self.splits["train"][index, view], dtype=np.float32)).to(device)
+        rows = torch.from_numpy(np.asarray(self.splits[self.split][index, view], dtype=np.float32)).to(device)
         return ModelOutput(logits={}, embeddings={self.modality: rows})

@@ -4,13 +4,14 @@
       config.yaml      the resolved config              (written first)
       metrics.csv      one row per epoch per stage      (train/recorder.py, after every epoch)
       checkpoints/     <stage>_best.safetensors         (the best-on-dev weights of each stage)
-      confusion/       <stage>_<task>_test.npy
+      confusion/       <stage>_<task>_{dev,test}.npy
       plots/           curves, per-stage curves, confusion matrices, t-SNE / UMAP maps
       results.json     everything measured              (written last)
 
-Every file is written whole or not at all (`io.atomic_path`). Writing goes through this class,
-so the rule "one process writes the run's files" has one place to live: `is_writer` is the
-process of global rank 0 (the only one when Lightning runs on one device).
+Every file is written whole or not at all (`io.atomic_path`). Which process writes the run's
+files is decided in one place, `is_writer`: the process of global rank 0 (the only one when
+Lightning runs on one device); the directory itself, config.yaml, the confusion matrices,
+plots and results.json are written through it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """A sweep's run directories -> aggregated_results.json (and best_config.yaml).
 
-Per variant and metric (score, per-task macro F1, accuracy, AUROC, per-class F1; dev and test;
+Per variant and metric (score, accuracy, loss, per-task headline F1, macro F1, accuracy, AUROC,
+per-class F1; dev and test; each compressed model's score, size, latency and speed-up;
 teacher, KD student and baseline): mean, std, 95% CI, n over seeds. Per pair of variants, on
 the seeds both finished: paired t-test, Wilcoxon and Cohen's d per metric. Per variant, the
 gain of the KD student over the baseline student of the same run (paired by seed). A run
@@ -22,6 +23,9 @@ from mmdistill.sweep.grid import Variant
 from mmdistill.sweep.stats import describe, paired
 
 ROLES = ("teacher", "student", "baseline")
+# what a compressed student costs and scores (results.json `compressed.<model>`), per model
+COMPRESSED_KEYS = ("score", "file_bytes", "latency_ms_batch1", "speedup_batch1", "throughput_batch32", "agreement",
+                   "params", "nonzero_params")
 SPLITS = ("dev", "test")
 MANIFEST = "sweep.json"
 AGGREGATED = "aggregated_results.json"
@@ -42,22 +46,31 @@ class RunRecord:
 
 
 def flatten_metrics(results: dict[str, Any]) -> dict[str, float]:
-    """`student.test.score`, `student.test.tasks.finding.f1_macro`,
-    `student.test.tasks.finding.f1_per_class.vertical_mild`, ...: dotted paths into results.json."""
+    """`student.test.score`, `student.test.tasks.finding.f1`,
+    `student.test.tasks.finding.f1_per_class.vertical_mild`, ...: dotted paths into results.json
+    (a value that is not a number, such as the F1 of a class absent from a split, is left out)."""
     out: dict[str, float] = {}
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
     for role in ROLES:
         for split in SPLITS:
             m = (results.get(role) or {}).get(split)
             if not m:
                 continue
-            out[f"{role}.{split}.score"] = float(m["score"])
+            for key in ("score", "accuracy", "loss"):
+                if number(m.get(key)):
+                    out[f"{role}.{split}.{key}"] = float(m[key])
             for task, tm in m.get("tasks", {}).items():
                 prefix = f"{role}.{split}.tasks.{task}"
-                for key in ("f1_macro", "accuracy", "auroc"):
-                    if isinstance(tm.get(key), (int, float)):
+                for key in ("f1", "f1_macro", "accuracy", "auroc"):
+                    if number(tm.get(key)):
                         out[f"{prefix}.{key}"] = float(tm[key])
                 for cls, value in (tm.get("f1_per_class") or {}).items():
-                    out[f"{prefix}.f1_per_class.{cls}"] = float(value)
+                    if number(value):
+                        out[f"{prefix}.f1_per_class.{cls}"] = float(value)
+    for model, entry in (results.get("compressed") or {}).items():  # `compress:` block or `mmdistill compress`
+        for key in COMPRESSED_KEYS:
+            if number(entry.get(key)):
+                out[f"compressed.{model}.{key}"] = float(entry[key])
     for key, value in (results.get("timing") or {}).items():
         out[f"timing.{key}"] = float(value)
     return out

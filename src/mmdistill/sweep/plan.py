@@ -3,7 +3,7 @@
 Every variant config is validated (schema + cross-section checks) and its data and models
 are built once per distinct combination before anything runs, so a bad grid value exits 2
 naming the key and value. Then, per seed, one teacher job per distinct teacher configuration
-(`hashing.teacher_key`): it trains the teacher alone in `_teachers/<key>/seed_<n>/`, and every
+(`config/hashing.teacher_key`): it trains the teacher alone in `_teachers/<key>/seed_<n>/`, and every
 run that needs that teacher loads its `checkpoints/teacher_best.safetensors` through
 `teacher.checkpoint` instead of training its own.
 """
@@ -39,6 +39,7 @@ class SweepPlan:
     variants: list[Variant]
     teachers: list[Job] = field(default_factory=list)
     runs: list[Job] = field(default_factory=list)
+    tune: dict[str, str] = field(default_factory=dict)  # sweep.tune with its defaults resolved
 
     def manifest(self) -> dict[str, Any]:
         """sweep.json: what `mmdistill report` needs to aggregate this sweep again later."""
@@ -47,7 +48,7 @@ class SweepPlan:
             "config": self.source,
             "seeds": list(self.spec.seeds),
             "grid": self.spec.grid,
-            "tune": self.spec.tune.model_dump(),
+            "tune": self.tune,
             "tsne": self.spec.tsne,
             "base": self.base,
             "variants": [{"name": v.name, "overrides": v.overrides} for v in self.variants],
@@ -135,7 +136,8 @@ def make_plan(path: str | Path, overrides: Iterable[str] = (), check_runtime: bo
 
     first = configs[0][1]
     sweep_dir = first.output_dir / first.experiment_name
-    plan = SweepPlan(source, first.experiment_name, sweep_dir, spec, base, variants)
+    plan = SweepPlan(source, first.experiment_name, sweep_dir, spec, base, variants,
+                     tune=spec.tune.resolved(first.training.student, list(first.tasks)))
     teachers: dict[tuple[str, int], Job] = {}
     for seed in spec.seeds:
         for variant, config in configs:

@@ -264,12 +264,12 @@ def _sweep_tables(agg, variants, stats, comps) -> list[Block]:
     blocks: list[Block] = []
     first = stats[variants[0]]
     prefix = "student.test.tasks."
-    tasks = [k[len(prefix):-len(".f1_macro")] for k in first if k.startswith(prefix) and k.endswith(".f1_macro")
+    tasks = [k[len(prefix):-len(".f1")] for k in first if k.startswith(prefix) and k.endswith(".f1")
              and ".f1_per_class." not in k]
     roles = [r for r in ("teacher", "student", "baseline") if any(f"{r}.test.score" in stats[v] for v in variants)]
-    keys = [f"{r}.test.score" for r in roles] + [f"student.test.tasks.{t}.{m}" for t in tasks for m in ("f1_macro", "accuracy")]
+    keys = [f"{r}.test.score" for r in roles] + [f"student.test.tasks.{t}.{m}" for t in tasks for m in ("f1", "accuracy")]
     header = ["variant", "n"] + [f"{ROLE_NAMES[r]} score" for r in roles]
-    header += [f"{t} {'F1' if m == 'f1_macro' else 'acc'}" for t in tasks for m in ("f1_macro", "accuracy")]
+    header += [f"{t} {'F1' if m == 'f1' else 'acc'}" for t in tasks for m in ("f1", "accuracy")]
     columns = [_column(variants, stats, comps, k) for k in keys]
     table = Table(header)
     gains = {v: agg["variants"][v]["kd_gain"].get("test.score") for v in variants}
@@ -283,7 +283,8 @@ def _sweep_tables(agg, variants, stats, comps) -> list[Block]:
     for i, v in enumerate(variants):
         table.rows.append([Cell(v), Cell(str(len(agg["variants"][v]["seeds"])))] + [col[i] for col in columns])
     blocks += [("h2", "Test scores (mean ± std over seeds)"), ("table", table),
-               ("p", "Score = mean over tasks of macro F1; task columns are the KD student's. KD gain = KD student "
+               ("p", "Score = mean over tasks of the headline F1 (positive-class F1 for a binary task, macro F1 "
+                     "over the classes present for a multiclass one); task columns are the KD student's. KD gain = KD student "
                      "minus baseline student of the same run, `*` there: p < 0.05 (paired t-test over seeds).")]
 
     tune = agg["tune"]
@@ -302,6 +303,8 @@ def _sweep_tables(agg, variants, stats, comps) -> list[Block]:
         for i, v in enumerate(variants):
             per_class.rows.append([Cell(v)] + [c[i] for c in cols])
         blocks += [("h2", "Per-class F1 of the KD student (test)"), ("table", per_class)]
+
+    blocks += _compressed_table(variants, stats)
 
     if comps:
         pairs = Table(["A", "B", "seeds", "mean A − B", "p (t-test)", "p (Wilcoxon)", "Cohen's d"])
@@ -324,6 +327,25 @@ def _sweep_tables(agg, variants, stats, comps) -> list[Block]:
         blocks += [("h2", "What distillation bought (test score, KD student vs baseline student, paired by seed)"),
                    ("table", gain_table)]
     return blocks
+
+
+def _compressed_table(variants, stats) -> list[Block]:
+    """What the edge student costs: per variant and compressed model, test score, file size,
+    latency and speed-up at batch 1, each the mean with its 95% CI over seeds."""
+    table = Table(["variant", "model", "n", "test score", "score 95% CI", "file (MB)", "latency b=1 (ms)",
+                   "latency 95% CI", "speed-up b=1"])
+    for v in variants:
+        models = list(dict.fromkeys(k.split(".")[1] for k in stats[v] if k.startswith("compressed.")))
+        for model in models:
+            get = lambda key: stats[v].get(f"compressed.{model}.{key}")
+            score, size, latency, speedup = get("score"), get("file_bytes"), get("latency_ms_batch1"), get("speedup_batch1")
+            table.rows.append([Cell(v), Cell(model), Cell(str((score or {}).get("n", 0))), Cell(fmt_stat(score)),
+                               Cell(fmt_ci(score)), Cell("–" if not size else f"{size['mean'] / 1e6:.2f}"),
+                               Cell(fmt_stat(latency, 3)), Cell(fmt_ci(latency)),
+                               Cell("–" if not speedup else f"{speedup['mean']:.2f}x")])
+    if not table.rows:
+        return []
+    return [("h2", "Compressed students (test score, size and CPU latency; mean over seeds)"), ("table", table)]
 
 
 def _sweep_figures(agg, variants, stats, tsne: bool) -> list[Block]:
@@ -367,7 +389,7 @@ def run_blocks(run_dir: Path, tsne: bool) -> list[Block]:
     for role in roles:
         row = [Cell(ROLE_NAMES[role]), Cell(f"{flat[f'{role}.dev.score']:.4f}"), Cell(f"{flat[f'{role}.test.score']:.4f}")]
         for t in tasks:
-            for m in ("f1_macro", "accuracy"):
+            for m in ("f1", "accuracy"):
                 value = flat.get(f"{role}.test.tasks.{t}.{m}")
                 row.append(Cell("–" if value is None else f"{value:.4f}"))
         params = results.get("params", {}).get("teacher" if role == "teacher" else "student")

@@ -16,14 +16,15 @@ import torch
 from torch import nn
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+from mmdistill.config.monitor import monitor_mode
 from mmdistill.config.schema import ExperimentConfig, StageTraining
 from mmdistill.data.dataset import DataBundle
 from mmdistill.losses.objective import Objective
-from mmdistill.models.checkpoints import load_weights
+from mmdistill.models.checkpoints import load_start_weights, load_weights
 from mmdistill.models.net import MultiModalNet
 from mmdistill.train.module import OutputCollector, StageModule
 from mmdistill.train.recorder import EpochRecorder, MetricsLog
-from mmdistill.train.teachers import FrozenTeacher, teacher_source
+from mmdistill.train.teachers import FrozenTeacher, dev_teacher_source, teacher_source
 from mmdistill.train.warmup import BackboneWarmup
 
 
@@ -44,9 +45,14 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 
 
+def on_cpu(config: ExperimentConfig) -> bool:
+    """Whether Lightning will train on the CPU (`auto` without a visible GPU)."""
+    return config.training.accelerator == "cpu" or (config.training.accelerator == "auto" and not torch.cuda.is_available())
+
+
 def make_trainer(config: ExperimentConfig, stage: StageTraining, callbacks: list[L.Callback]) -> L.Trainer:
     _quiet_lightning()
-    cpu = config.training.accelerator == "cpu"
+    cpu = on_cpu(config)
     extra = {"limit_train_batches": stage.limit_train_batches} if stage.limit_train_batches else {}
     return L.Trainer(
         max_epochs=stage.epochs,
@@ -80,13 +86,17 @@ def evaluate_model(model: MultiModalNet, data: DataBundle, split: str, batch_siz
 
 def train_stage(name: str, config: ExperimentConfig, stage: StageTraining, model: MultiModalNet, objective: Objective,
                 data: DataBundle, log: MetricsLog, best_path: Path, teacher: MultiModalNet | nn.Module | None = None,
-                fresh_views: bool = False) -> StageResult:
+                views: int | None = None) -> StageResult:
     """Fit `model` with early stopping on dev, reload its best weights, evaluate dev and test.
+
+    The best epoch and early stopping follow `stage.monitor` (`config/monitor.py`); with
+    `stage.load_from` the model starts from those weights (a new optimizer and schedule, unlike
+    `resume_from`, which continues a stopped stage where it was).
 
     With a `teacher` and an objective that reads it, the teacher's outputs come from the cache
     (built first if needed) or, with `cache.teacher: false`, from running it every step.
-    Student-side stages cycle through `data.views` fixed views per sample, so KD and baseline
-    students see the same images; `fresh_views` (the teacher stage) draws a new one each epoch.
+    `views`: the train split's augmented views per sample the stage cycles through, None for a
+    fresh one every epoch (`data/views.py`).
     """
     start = time.perf_counter()
     if isinstance(teacher, MultiModalNet):
@@ -94,14 +104,17 @@ def train_stage(name: str, config: ExperimentConfig, stage: StageTraining, model
     else:  # already a teacher-output source (precomputed embeddings), or None
         source = teacher if objective.needs_teacher else None
     reads = set(model.modalities) | (set(teacher.modalities) if isinstance(source, FrozenTeacher) else set())
-    module = StageModule(name, model, objective, stage, source)
-    recorder = EpochRecorder(name, log, best_path)
+    if stage.load_from is not None:
+        load_start_weights(model, stage.load_from, f"training.{name}.load_from")
+    mode = monitor_mode(stage.monitor, stage.mode)
+    module = StageModule(name, model, objective, stage, source, dev_teacher_source(config, teacher, objective, data))
+    recorder = EpochRecorder(name, log, best_path, stage.monitor, mode)
     callbacks: list[L.Callback] = [recorder]
     if stage.freeze_backbone_epochs or stage.unfreeze_layers:
         callbacks.append(BackboneWarmup(stage.freeze_backbone_epochs, stage.unfreeze_layers))
     if stage.patience:
-        callbacks.append(EarlyStopping(monitor="dev_score", mode="max", patience=stage.patience,
-                                       check_on_train_epoch_end=False))
+        callbacks.append(EarlyStopping(monitor=stage.monitor, mode=mode, patience=stage.patience,
+                                       check_on_train_epoch_end=False, check_finite=False))
     if stage.save_every:
         callbacks.append(ModelCheckpoint(dirpath=best_path.parent / f"{name}_epochs", filename="epoch{epoch_index:03.0f}",
                                          auto_insert_metric_name=False, monitor="epoch_index", mode="max",
@@ -109,7 +122,7 @@ def train_stage(name: str, config: ExperimentConfig, stage: StageTraining, model
     trainer = make_trainer(config, stage, callbacks)
     workers = config.data.num_workers
     train_loader = data.loader("train", stage.batch_size, shuffle=True, seed=config.seed, num_workers=workers,
-                               balance_task=stage.weighted_sampling, views=None if fresh_views else config.data.views,
+                               balance_task=stage.weighted_sampling, views=views,
                                modalities=reads)
     trainer.fit(module, train_loader,
                 data.loader("dev", stage.batch_size, shuffle=False, seed=config.seed, num_workers=workers,
@@ -118,6 +131,7 @@ def train_stage(name: str, config: ExperimentConfig, stage: StageTraining, model
     model.cpu()
     load_weights(model, best_path, f"{name} best checkpoint")
     dev = evaluate_model(model, data, "dev", stage.batch_size)
+    dev["loss"] = recorder.best_dev["loss"]  # the dev loss needs the training objective: the best epoch's
     test = evaluate_model(model, data, "test", stage.batch_size)
     return StageResult(dev=dev, test=test, best_epoch=recorder.best_epoch, seconds=time.perf_counter() - start)
 

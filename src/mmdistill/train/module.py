@@ -13,12 +13,13 @@ import lightning as L
 import torch
 from torch import nn
 
+from mmdistill.config.monitor import monitor_mode, monitor_value
 from mmdistill.config.schema import StageTraining
 from mmdistill.eval.metrics import evaluate
 from mmdistill.losses.objective import Objective
 from mmdistill.losses.terms import LossBatch
-from mmdistill.train.optim import build_optimizer
 from mmdistill.models.net import ModelOutput, MultiModalNet, TaskInfo
+from mmdistill.train.optim import build_optimizer
 
 
 class OutputCollector:
@@ -40,16 +41,19 @@ class OutputCollector:
 
 class StageModule(L.LightningModule):
     def __init__(self, stage: str, model: MultiModalNet, objective: Objective, training: StageTraining,
-                 teacher: nn.Module | None = None):
+                 teacher: nn.Module | None = None, dev_teacher: nn.Module | None = None):
         """`teacher`: where the KD stage's teacher outputs come from, called with the batch
-        (`train/teachers.py`: the frozen teacher on the fly, or its cached outputs)."""
+        (`train/teachers.py`: the frozen teacher on the fly, or its cached outputs);
+        `dev_teacher`: the same for dev batches, for the dev loss."""
         super().__init__()
         self.stage = stage
         self.model = model
         self.objective = objective
         self.training_cfg = training
         self.teacher = teacher if objective.needs_teacher else None
+        self.dev_teacher = dev_teacher if objective.needs_teacher else None
         self.dev_metrics: dict[str, Any] | None = None
+        self._dev_loss_sum, self._dev_count = 0.0, 0
         self._sums: dict[str, float] = {}
         self._count = 0
         self._collector = OutputCollector()
@@ -88,13 +92,29 @@ class StageModule(L.LightningModule):
     # --- validation
     def on_validation_epoch_start(self) -> None:
         self._collector = OutputCollector()
+        self._dev_loss_sum, self._dev_count = 0.0, 0
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._collector.add(self.model(batch["inputs"]), batch["labels"])
+        output = self.model(batch["inputs"])
+        self._collector.add(output, batch["labels"])
+        teacher = self.dev_teacher(batch) if self.dev_teacher is not None else None
+        loss = self.objective.dev_loss(output, teacher, LossBatch(batch["labels"], batch["index"], self.progress()))
+        n = len(batch["index"])
+        self._dev_loss_sum += float(loss) * n
+        self._dev_count += n
 
     def on_validation_epoch_end(self) -> None:
+        """Dev metrics (`eval/metrics.evaluate`) plus the dev loss; every monitorable value is
+        logged (`config/monitor.py`), so early stopping can follow whichever one is chosen."""
         self.dev_metrics = self._collector.metrics(self.model.tasks)
-        self.log("dev_score", self.dev_metrics["score"], prog_bar=True)
+        self.dev_metrics["loss"] = self._dev_loss_sum / max(self._dev_count, 1)
+        tasks = [t.name for t in self.model.tasks]
+        mode = monitor_mode(self.training_cfg.monitor, self.training_cfg.mode)
+        value = monitor_value(self.training_cfg.monitor, self.dev_metrics, tasks)
+        worst = float("-inf") if mode == "max" else float("inf")  # an undefined value (an AUROC of one class)
+        self.log(self.training_cfg.monitor, worst if value is None else value, prog_bar=True)
+        if self.training_cfg.monitor != "dev_score":
+            self.log("dev_score", self.dev_metrics["score"], prog_bar=True)
         self.log("epoch_index", float(self.current_epoch + 1))  # periodic checkpoints keep the latest
 
     # --- optimisation

@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 
+from mmdistill.config.monitor import monitor_value
 from mmdistill.io import write_text_atomic
 from mmdistill.models.checkpoints import save_weights
 
@@ -21,7 +22,7 @@ from mmdistill.models.checkpoints import save_weights
 class MetricsLog:
     """All epochs of all stages of one run, rewritten to metrics.csv after every epoch."""
 
-    FIRST = ["stage", "epoch", "train_loss", "dev_score"]
+    FIRST = ["stage", "epoch", "train_loss", "dev_score", "dev_loss", "dev_accuracy"]
 
     def __init__(self, path: Path):
         self.path = path
@@ -40,14 +41,18 @@ class MetricsLog:
 
 
 class EpochRecorder(L.Callback):
-    """After each validation: log the epoch row, and save weights when the dev score improves."""
+    """After each validation: log the epoch row, and save weights when the monitored dev metric
+    (`training.<stage>.monitor`, `config/monitor.py`) improves on the best so far."""
 
-    def __init__(self, stage: str, log: MetricsLog, best_path: Path):
+    def __init__(self, stage: str, log: MetricsLog, best_path: Path, monitor: str = "dev_score",
+                 mode: str = "max"):
         self.stage = stage
         self.metrics_log = log
         self.best_path = best_path
-        self.best_score = float("-inf")
+        self.monitor, self.mode = monitor, mode
+        self.best_value: float | None = None
         self.best_epoch = -1
+        self.best_dev: dict[str, Any] | None = None
         self._t0 = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -64,13 +69,26 @@ class EpochRecorder(L.Callback):
         train = module.train_summary()
         row: dict[str, Any] = {"stage": self.stage, "epoch": trainer.current_epoch + 1,
                                "train_loss": round(train.pop("loss", float("nan")), 6),
-                               "dev_score": round(dev["score"], 6)}
+                               "dev_score": round(dev["score"], 6), "dev_loss": round(dev["loss"], 6),
+                               "dev_accuracy": round(dev["accuracy"], 6)}
         row.update({f"train_{k}": round(v, 6) for k, v in train.items()})
-        row.update({f"dev_{t}_f1_macro": round(m["f1_macro"], 6) for t, m in dev["tasks"].items()})
+        row.update({f"dev_{t}_f1": round(m["f1"], 6) for t, m in dev["tasks"].items()})
         row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
         row["seconds"] = round(time.perf_counter() - self._t0, 3)
         row["train_seconds"] = round(self._train_seconds, 3) if self._train_seconds == self._train_seconds else ""
         self.metrics_log.append(row)
-        if dev["score"] > self.best_score:
-            self.best_score, self.best_epoch = dev["score"], row["epoch"]
+        value = monitor_value(self.monitor, dev, [t.name for t in module.model.tasks])
+        if self._improves(value):
+            self.best_value, self.best_epoch, self.best_dev = value, row["epoch"], dev
             save_weights(module.model, self.best_path)
+
+    def _improves(self, value: float | None) -> bool:
+        """Strictly better than the best so far; the first epoch always counts, so a stage always
+        has a best checkpoint (an undefined value, e.g. an AUROC on one class, never improves)."""
+        if self.best_epoch < 0:
+            return True
+        if value is None or value != value:
+            return False
+        if self.best_value is None:
+            return True
+        return value > self.best_value if self.mode == "max" else value < self.best_value

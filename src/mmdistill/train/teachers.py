@@ -10,15 +10,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from mmdistill.cache.teacher_outputs import TeacherOutputs, open_teacher_outputs
+from mmdistill.cache.teacher_outputs import TeacherOutputs, flat_outputs, open_teacher_outputs, teacher_device
 from mmdistill.config.schema import ExperimentConfig
 from mmdistill.data.dataset import DataBundle
 from mmdistill.losses.objective import Objective
 from mmdistill.models.net import ModelOutput, MultiModalNet
-from mmdistill.models.precomputed import sample_views
+from mmdistill.data.views import cached_views, view_batches
+from mmdistill.models.precomputed import PrecomputedTeacher, sample_views
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +45,13 @@ class FrozenTeacher(nn.Module):
 
 class CachedTeacher(nn.Module):
     """Teacher outputs read from the cache for the batch's (index, view) pairs, as a ModelOutput
-    with the fields the objective reads (float32, on the batch's device)."""
+    with the fields the objective reads (float32, on the batch's device). `outputs` is the
+    on-disk store (`cache/teacher_outputs.py`) or the dev split's outputs kept in memory."""
 
-    def __init__(self, outputs: TeacherOutputs):
+    def __init__(self, outputs: "TeacherOutputs | MemoryOutputs"):
         super().__init__()
         self.outputs = outputs
-        self.store = outputs.store
+        self.store = getattr(outputs, "store", None)
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         index, view, device = sample_views(batch)
@@ -75,16 +78,59 @@ def teacher_fields(objective: Objective) -> list[str]:
     return sorted(fields)
 
 
+class MemoryOutputs:
+    """A frozen teacher's outputs on one unaugmented split, kept in memory: what the KD stage's
+    dev loss reads every validation, computed once per stage (dev is small, and a teacher
+    without augmentation gives the same outputs every epoch)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.arrays = arrays
+
+    def read(self, index: np.ndarray, view: np.ndarray) -> dict[str, np.ndarray]:
+        return {field: array[index] for field, array in self.arrays.items()}
+
+
+@torch.no_grad()
+def memory_outputs(config: ExperimentConfig, teacher: MultiModalNet, data: DataBundle, split: str,
+                   fields: list[str]) -> MemoryOutputs:
+    dataset = data.datasets[split].select(set(config.teacher.encoders))
+    device = teacher_device(config)
+    was_training = teacher.training
+    teacher.eval().to(device)
+    chunks: dict[str, list[np.ndarray]] = {}
+    try:
+        for batch in view_batches(dataset, 1, config.training.teacher.batch_size, config.data.num_workers):
+            inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch["inputs"].items()}
+            for name, value in flat_outputs(teacher(inputs), fields).items():
+                chunks.setdefault(name, []).append(value.float().cpu().numpy())
+    finally:
+        teacher.cpu().train(was_training)
+    return MemoryOutputs({name: np.concatenate(parts) for name, parts in chunks.items()})
+
+
+def dev_teacher_source(config: ExperimentConfig, teacher: nn.Module | None, objective: Objective,
+                       data: DataBundle) -> nn.Module | None:
+    """The teacher's outputs on dev batches, for the KD stage's dev loss: a precomputed
+    teacher's dev embeddings, or a real teacher's dev outputs computed once into memory."""
+    if not objective.needs_teacher or teacher is None:
+        return None
+    if isinstance(teacher, PrecomputedTeacher):
+        return teacher.for_split("dev")
+    return CachedTeacher(memory_outputs(config, teacher, data, "dev", teacher_fields(objective)))
+
+
 def teacher_source(config: ExperimentConfig, teacher: MultiModalNet, objective: Objective,
-                   data: DataBundle) -> nn.Module | None:
-    """What the KD student stage reads its teacher outputs from: None when the objective needs
-    no teacher, the cache when `cache.teacher` is on (built now if missing or stale), else the
-    frozen teacher run on the fly (also when the cache cannot be written)."""
+                   data: DataBundle, epochs: int | None = None) -> nn.Module | None:
+    """What a KD stage of `epochs` (default the student's) reads its teacher outputs from: None
+    when the objective needs no teacher, the cache when `cache.teacher` is on (built now if
+    missing or stale), else the frozen teacher run on the fly (also when the cache cannot be
+    written)."""
     if not objective.needs_teacher:
         return None
     if not config.cache.teacher:
         return FrozenTeacher(teacher)
-    outputs, path, built = open_teacher_outputs(config, teacher, data, teacher_fields(objective))
+    views = cached_views(config, epochs if epochs is not None else config.training.student.epochs)
+    outputs, path, built = open_teacher_outputs(config, teacher, data, teacher_fields(objective), views)
     if outputs is None:
         return FrozenTeacher(teacher)
     log.info("teacher outputs cached in %s" if built else "reusing cached teacher outputs from %s", path)

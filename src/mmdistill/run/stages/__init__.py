@@ -19,11 +19,9 @@ from mmdistill.run.context import RunContext
 
 
 class Stage:
-    """One step of a run. `writes` names the run-directory files it produces (`{task}` stands
-    for each task), so what a finished stage left behind can be checked by name."""
+    """One step of a run; its module's docstring says what it reads and what it writes."""
 
     name: ClassVar[str]
-    writes: ClassVar[tuple[str, ...]] = ()
 
     def run(self, run: RunContext) -> None:
         raise NotImplementedError

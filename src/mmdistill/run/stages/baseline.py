@@ -13,7 +13,7 @@ import time
 
 import lightning as L
 
-from mmdistill.cache.baselines import copy_baseline, store_baseline
+from mmdistill.cache.baselines import baseline_entry, copy_baseline, store_baseline
 from mmdistill.models.build import build_model
 from mmdistill.run.context import RunContext
 from mmdistill.run.stages import Stage
@@ -23,25 +23,26 @@ from mmdistill.train.fit import StageResult
 
 class BaselineStage(Stage):
     name = "baseline"
-    writes = ("checkpoints/baseline_best.safetensors",)
 
     def run(self, run: RunContext) -> None:
         L.seed_everything(run.config.seed, workers=True, verbose=False)
-        run.stages[self.name] = self._copied(run) if run.config.cache.baseline else None
-        if run.stages[self.name] is None:
-            result = self._train(run)
-            if run.config.cache.baseline:
-                rows = [r for r in run.log.rows if r["stage"] == self.name]
-                store_baseline(run.config, run.data, {"dev": result.dev, "test": result.test,
-                                                      "best_epoch": result.best_epoch, "seconds": result.seconds},
-                               rows, run.dir.checkpoint(self.name))
-            run.stages[self.name] = result
-
-    def _copied(self, run: RunContext) -> StageResult | None:
-        """The cached baseline of this student, data and seed, copied into the run; its
-        `seconds` is the copy time (the training time is in its rows)."""
+        if not run.config.cache.baseline:
+            run.stages[self.name] = self._train(run)
+            return
         start = time.perf_counter()
-        stored = copy_baseline(run.config, run.data, run.dir.checkpoint(self.name))
+        entry, key = baseline_entry(run.config, run.data)
+        result = self._copied(run, entry, key, start)
+        if result is None:
+            result = self._train(run)
+            rows = [r for r in run.log.rows if r["stage"] == self.name]
+            store_baseline(entry, key, {"dev": result.dev, "test": result.test, "best_epoch": result.best_epoch,
+                                        "seconds": result.seconds}, rows, run.dir.checkpoint(self.name))
+        run.stages[self.name] = result
+
+    def _copied(self, run: RunContext, entry, key: str, start: float) -> StageResult | None:
+        """The cached baseline of this student, data and seed, copied into the run; its
+        `seconds` is the lookup and copy time (the training time is in its rows)."""
+        stored = copy_baseline(entry, key, run.dir.checkpoint(self.name))
         if stored is None:
             return None
         for row in stored["rows"]:

@@ -14,7 +14,6 @@ from mmdistill.run.stages import Stage
 
 class CompressStage(Stage):
     name = "compress"
-    writes = ("compressed/", "compress.md")
 
     def run(self, run: RunContext) -> None:
         run.results = compress_run(run.dir.path, config=run.config, data=run.data)

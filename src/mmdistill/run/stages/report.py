@@ -1,7 +1,7 @@
 """The report: what the run measured, as files a researcher opens.
 
-Reads: every earlier stage's results and models, metrics.csv. Writes: confusion/<stage>_<task>_test.npy
-(and its plot), plots/curves.png, plots/<stage>_training_curves.png, plots/{tsne,umap}_<role>.png,
+Reads: every earlier stage's results and models, metrics.csv. Writes:
+confusion/<stage>_<task>_{dev,test}.npy (and their plots), plots/curves.png, plots/<stage>_training_curves.png, plots/{tsne,umap}_<role>.png,
 and results.json, last: a run with results.json is a finished run.
 """
 
@@ -18,7 +18,7 @@ from mmdistill.data.stats import image_stats
 from mmdistill.eval.embeddings import write_run_plots
 from mmdistill.eval.plots import plot_confusion, plot_curves, plot_stage_curves
 from mmdistill.run.context import RunContext
-from mmdistill.run.directory import RESULTS, is_writer
+from mmdistill.run.directory import is_writer
 from mmdistill.run.stages import Stage
 from mmdistill.train.fit import StageResult
 
@@ -26,15 +26,14 @@ from mmdistill.train.fit import StageResult
 def stage_entry(result: StageResult) -> dict[str, Any]:
     """A stage's results.json entry: dev and test metrics without the confusion matrices
     (those are files of their own), the best epoch, and the cache entry it was copied from."""
-    strip = lambda m: {"score": m["score"], "tasks": {t: {k: v for k, v in tm.items() if k != "confusion_matrix"}
-                                                       for t, tm in m["tasks"].items()}}
+    strip = lambda m: {**{k: v for k, v in m.items() if k != "tasks"},
+                       "tasks": {t: {k: v for k, v in tm.items() if k != "confusion_matrix"} for t, tm in m["tasks"].items()}}
     entry = {"dev": strip(result.dev), "test": strip(result.test), "best_epoch": result.best_epoch}
     return entry | ({"reused_from": result.reused_from} if result.reused_from else {})
 
 
 class ReportStage(Stage):
     name = "report"
-    writes = ("confusion/{stage}_{task}_test.npy", "plots/curves.png", RESULTS)
 
     def run(self, run: RunContext) -> None:
         config, results = run.config, run.results
@@ -42,7 +41,8 @@ class ReportStage(Stage):
         for name, result in run.stages.items():
             results[name] = stage_entry(result)
             timing[name] = round(result.seconds, 3)
-            self._confusions(run, name, result)
+            for split in ("dev", "test"):
+                self._confusions(run, name, split, getattr(result, split))
         timing["total"] = round(time.perf_counter() - run.started, 3)
         results["timing"] = timing
         results["params"] = {"teacher": run.teacher.num_parameters() if run.precomputed is None else None}
@@ -59,15 +59,15 @@ class ReportStage(Stage):
         run.dir.write_results(results)
 
     @staticmethod
-    def _confusions(run: RunContext, stage: str, result: StageResult) -> None:
-        for task, m in result.test["tasks"].items():
-            if "confusion_matrix" not in m:  # probe scores of a precomputed teacher
+    def _confusions(run: RunContext, stage: str, split: str, metrics: dict[str, Any]) -> None:
+        for task, m in metrics["tasks"].items():
+            if "confusion_matrix" not in m:  # probe scores of a precomputed teacher; a copied stage's dev
                 continue
             matrix = np.asarray(m["confusion_matrix"], dtype=np.int64)
-            run.dir.write_array(f"confusion/{stage}_{task}_test.npy", matrix)
+            run.dir.write_array(f"confusion/{stage}_{task}_{split}.npy", matrix)
             if run.config.logging.plots and is_writer():
-                plot_confusion(matrix, m["classes"], f"{stage} / {task} (test)",
-                               run.dir / f"plots/confusion_{stage}_{task}_test.png")
+                plot_confusion(matrix, m["classes"], f"{stage} / {task} ({split})",
+                               run.dir / f"plots/confusion_{stage}_{task}_{split}.png")
 
     @staticmethod
     def _plots(run: RunContext) -> None:

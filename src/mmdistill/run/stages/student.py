@@ -8,30 +8,41 @@ checkpoints/student_best.safetensors, its metrics.csv rows.
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 
+from mmdistill.data.views import student_views
 from mmdistill.eval.embeddings import collect_features
 from mmdistill.eval.probe import probe_splits
-from mmdistill.losses.objective import build_objective
+from mmdistill.losses.objective import student_objective
 from mmdistill.models.build import build_model
 from mmdistill.run.context import RunContext
 from mmdistill.run.stages import Stage
 from mmdistill.train import fit
 
+log = logging.getLogger(__name__)
+
 
 class StudentStage(Stage):
     name = "student"
-    writes = ("checkpoints/student_best.safetensors",)
 
     def run(self, run: RunContext) -> None:
         config, data = run.config, run.data
         L.seed_everything(config.seed, workers=True, verbose=False)
         student = build_model(config, "student", data)
-        objective = build_objective(config.objective.preset, config.objective.terms, data.tasks, student, run.teacher)
+        objective = student_objective(config, data.tasks, student, run.teacher)
         objective.set_dataset_size(len(data.datasets["train"]))
         objective.set_class_counts(run.class_counts())
+        views = student_views(config)
+        if views is not None and config.data.augment is not None and views < config.training.student.epochs \
+                and config.data.source != "embeddings":
+            log.warning("data.views: %d: the KD student sees %d augmented view(s) per sample over %d epochs, so that "
+                        "the teacher cache stays small; leave data.views unset for a fresh view every epoch",
+                        views, views, config.training.student.epochs)
         run.stages[self.name] = fit.train_stage(self.name, config, config.training.student, student, objective, data,
-                                                run.log, run.dir.checkpoint(self.name), teacher=run.teacher)
+                                                run.log, run.dir.checkpoint(self.name), teacher=run.teacher,
+                                                views=views)
         run.student = student
         if run.precomputed is not None:  # the student's representation, scored as the teacher's was
             ref = next((r for t in objective.terms for role, r in t.features() if role == "student"), "fused")

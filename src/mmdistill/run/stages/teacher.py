@@ -22,7 +22,6 @@ from mmdistill.train.fit import StageResult
 
 class TeacherStage(Stage):
     name = "teacher"
-    writes = ("checkpoints/teacher_best.safetensors",)
 
     def run(self, run: RunContext) -> None:
         config, teacher = run.config, run.teacher
@@ -38,8 +37,10 @@ class TeacherStage(Stage):
             run.results["teacher_checkpoint"] = str(config.teacher.checkpoint)
         else:
             result = fit.train_stage(self.name, config, config.training.teacher, teacher, run.supervised(teacher),
-                                     run.data, run.log, run.dir.checkpoint(self.name), fresh_views=True)
-            store_teacher_scores(config, teacher, run.data, result.dev, result.test)
+                                     run.data, run.log, run.dir.checkpoint(self.name), views=None)
+            # what evaluating the loaded checkpoint gives: no dev loss, which is the training stage's
+            scores = {k: v for k, v in result.dev.items() if k != "loss"}
+            store_teacher_scores(config, teacher, run.data, scores, result.test)
             run.stages[self.name] = result
 
     @staticmethod
