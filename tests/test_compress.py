@@ -13,7 +13,7 @@ from conftest import tiny_config
 from mmdistill.compress import artifacts, prune_channels, prune_unstructured
 from mmdistill.compress.measure import count_params, predict_split, score
 from mmdistill.compress.runfiles import load_run
-from mmdistill.compress.tensor_model import input_sizes, plain_batches, tensor_student
+from mmdistill.compress.tensor_model import plain_batches, tensor_student
 from mmdistill.config.schema import ExperimentConfig
 from mmdistill.run.experiment import run_experiment
 
@@ -105,7 +105,7 @@ def test_onnx_fp32_matches_pytorch_within_1e4(compressed_run, loaded):
     assert results["compressed"]["onnx_fp32"]["agreement"] == 1.0
     session = ort.InferenceSession(str(run_dir / results["compressed"]["onnx_fp32"]["file"]),
                                    providers=["CPUExecutionProvider"])
-    wrapper = tensor_student(loaded.student, input_sizes(loaded.config))
+    wrapper = tensor_student(loaded.student)
     for batch in plain_batches(loaded.data, "test", 16):
         image = batch["inputs"]["image"]
         with torch.no_grad():

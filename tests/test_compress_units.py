@@ -12,7 +12,7 @@ import torch
 from conftest import tiny_config
 from mmdistill.compress import onnx_export, prune_channels, prune_unstructured, quantize
 from mmdistill.compress.measure import count_params, nondeterministic
-from mmdistill.compress.tensor_model import input_sizes, plain_batches, tensor_student, tensors_of
+from mmdistill.compress.tensor_model import plain_batches, tensor_student, tensors_of
 from mmdistill.config.schema import ExperimentConfig
 from mmdistill.data.dataset import load_data
 from mmdistill.models.build import build_model
@@ -57,7 +57,7 @@ def test_channel_pruning_a_plain_conv_stack_shrinks_every_layer(demo_root, tmp_p
 
 def test_int8_files_of_a_full_width_student_are_about_4x_smaller(demo_root, tmp_path):
     config, data, model = student(demo_root, tmp_path, {"type": "tiny_cnn"})  # 32..256 channels, ~1.2M params
-    wrap = tensor_student(model, input_sizes(config))
+    wrap = tensor_student(model)
     batches = [tensors_of(b["inputs"], ["image"]) for b in plain_batches(data, "train", 16, 32)]
     fp32_onnx = tmp_path / "fp32.onnx"
     onnx_export.export(wrap, tuple(t[:1] for t in batches[0]), fp32_onnx)

@@ -113,6 +113,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from mmdistill.predict.command import run_predict
+
+    run_predict(args.source, args.input, model=args.model, out=args.out, batch_size=args.batch_size,
+                workers=args.workers, strict=args.strict, image_root=args.image_root, progress=not args.no_progress)
+    return 0
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
     from mmdistill.cache.inventory import format_table, list_entries, prune, resolve_cache_dir
 
@@ -171,6 +179,22 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("dir", help="a sweep directory (<output_dir>/<experiment>) or one run directory")
     report.add_argument("--no-tsne", action="store_true", help="skip the t-SNE of teacher and student embeddings")
     report.set_defaults(func=cmd_report)
+    predict = sub.add_parser("predict", help="apply a run's student (or any of its compressed models, or an "
+                                              "ONNX file compress wrote) to a table, a folder of images or an image")
+    predict.add_argument("source", help="a run directory, or an .onnx file written by `mmdistill compress`")
+    predict.add_argument("input", help="a table (CSV, JSONL, parquet) with the columns the model reads, a folder of "
+                                       "images (searched recursively), or one image")
+    predict.add_argument("--model", help="fp32 (the trained student), best (the default int8 model compress chose; "
+                                         "the default when there is one), teacher, or a compressed model's name")
+    predict.add_argument("--out", default="predictions.csv",
+                         help="output file: .csv (default predictions.csv), .parquet or .jsonl; - for CSV on stdout")
+    predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--workers", type=int, help="processes decoding the inputs (default: cores, at most 4)")
+    predict.add_argument("--image-root", help="folder relative image paths of a table start from (default: the "
+                                              "table's folder)")
+    predict.add_argument("--strict", action="store_true", help="stop at the first input that cannot be read (exit 2)")
+    predict.add_argument("--no-progress", action="store_true", help="no progress bar")
+    predict.set_defaults(func=cmd_predict)
     cache = sub.add_parser("cache", help="list the caches' stores with size and last use; remove the unused ones")
     cache.add_argument("dir", help="a cache directory (cache.dir) or an output_dir holding cache/")
     cache.add_argument("--older-than", type=float, metavar="DAYS",

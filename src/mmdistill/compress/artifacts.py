@@ -18,7 +18,7 @@ from safetensors.torch import save_model
 from mmdistill.compress import onnx_export, prune_channels, quantize
 from mmdistill.compress.measure import Predictor, net_predictor, torch_predictor
 from mmdistill.compress.runfiles import LoadedRun, load_checkpoint
-from mmdistill.compress.tensor_model import input_sizes, plain_batches, tensor_student, tensors_of
+from mmdistill.compress.tensor_model import plain_batches, tensor_student, tensors_of
 from mmdistill.errors import UserError
 from mmdistill.io import atomic_path
 from mmdistill.models.build import build_model
@@ -90,11 +90,11 @@ def load_predictor(run: LoadedRun, name: str, entries: dict[str, Any] | None = N
             else load_student(run, path, f"compressed {name}")
         if entry.get("runtime") == "torch (MultiModalNet)":
             return net_predictor(model, run.data.tasks)
-        return torch_predictor(tensor_student(model, input_sizes(run.config)), names)
+        return torch_predictor(tensor_student(model), names)
     if fmt == "onnx":
         return onnx_export.predictor(onnx_export.session(path, threads), names)
     if fmt in ("torch_int8_dynamic", "torch_int8_static_fx"):
-        float_model = tensor_student(source_model(run, entries, entry["source"]), input_sizes(run.config))
+        float_model = tensor_student(source_model(run, entries, entry["source"]))
         kind = fmt.removeprefix("torch_int8_")
         return torch_predictor(quantize.load(kind, float_model, path, example_inputs(run)), names)
     raise UserError(f"compressed {name}: unknown format {fmt!r}")

@@ -26,8 +26,9 @@ def finetune(name: str, config: ExperimentConfig, spec: CompressSpec, student: M
     if spec.finetune_epochs == 0:
         return None
     base = config.training.student
+    # the student's own resume_from / load_from are its checkpoints, not the pruned model's
     stage = base.model_copy(update={"epochs": spec.finetune_epochs, "lr": spec.finetune_lr or base.lr / 2,
-                                    "patience": None})
+                                    "patience": None, "resume_from": None, "load_from": None})
     L.seed_everything(config.seed, workers=True, verbose=False)
     objective = student_objective(config, data.tasks, student, teacher)
     objective.set_dataset_size(len(data.datasets["train"]))

@@ -30,13 +30,29 @@ from mmdistill.io import atomic_path
 OPSET = 17
 
 
-def export(model: TensorStudent, example: tuple[torch.Tensor, ...], path: Path) -> None:
+def export(model: TensorStudent, example: tuple[torch.Tensor, ...], path: Path, card: str | None = None) -> None:
+    """`card`: the model card (models/card.py) as JSON, stored in the file's metadata."""
     names = list(model.names)
     axes = {name: {0: "batch"} for name in names} | {"logits": {0: "batch"}}
     with warnings.catch_warnings(), atomic_path(path) as tmp:
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(model.eval(), example, str(tmp), dynamo=False, input_names=names, output_names=["logits"],
                           dynamic_axes=axes, opset_version=OPSET, do_constant_folding=True)
+        if card is not None:
+            stamp_card(tmp, card)
+
+
+def stamp_card(path: Path, card: str) -> None:
+    """Store the model card in the ONNX file's metadata_props (key `mmdistill`), so the file says
+    which inputs it takes, how to prepare them and what its output columns are."""
+    import onnx
+
+    from mmdistill.models.card import METADATA_KEY
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    model.metadata_props.add(key=METADATA_KEY, value=card)
+    onnx.save(model, str(path))
 
 
 def _reader(batches: Iterable[dict[str, np.ndarray]]):
@@ -53,18 +69,20 @@ def _reader(batches: Iterable[dict[str, np.ndarray]]):
     return Reader()
 
 
-def quantize_int8(fp32_path: Path, path: Path, calibration: Iterable[dict[str, np.ndarray]], fmt: str) -> None:
-    """Static int8 model of `fp32_path` in `fmt` ("qdq" | "qoperator") at `path`."""
+def quantize_int8(fp32_path: Path, path: Path, calibration: Iterable[dict[str, np.ndarray]], fmt: str,
+                  card: str | None = None) -> None:
+    """Static int8 model of `fp32_path` in `fmt` ("qdq" | "qoperator") at `path`, carrying `card`."""
     root = logging.getLogger()  # onnxruntime.quantization warns through the root logger about
     level = root.level          # weights it leaves float (LayerNorm scales); keep the terminal quiet
     root.setLevel(logging.ERROR)
     try:
-        _quantize(fp32_path, path, calibration, fmt)
+        _quantize(fp32_path, path, calibration, fmt, card)
     finally:
         root.setLevel(level)
 
 
-def _quantize(fp32_path: Path, path: Path, calibration: Iterable[dict[str, np.ndarray]], fmt: str) -> None:
+def _quantize(fp32_path: Path, path: Path, calibration: Iterable[dict[str, np.ndarray]], fmt: str,
+              card: str | None) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -76,6 +94,8 @@ def _quantize(fp32_path: Path, path: Path, calibration: Iterable[dict[str, np.nd
             quantize_static(str(pre), str(out), _reader(calibration),
                             quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            if card is not None:
+                stamp_card(out, card)
             tmp.write_bytes(out.read_bytes())
 
 

@@ -33,11 +33,12 @@ from mmdistill.compress.finetune import finetune
 from mmdistill.compress.measure import (Predictor, agreement, count_params, file_bytes, net_predictor, predict_split,
                                         score, speed, torch_predictor)
 from mmdistill.compress.runfiles import LoadedRun, load_run
-from mmdistill.compress.tensor_model import (input_sizes, non_tensor_modalities, plain_batches, tensor_student,
+from mmdistill.compress.tensor_model import (non_tensor_modalities, plain_batches, tensor_student,
                                              tensors_of)
 from mmdistill.config.schema import ExperimentConfig
 from mmdistill.data.dataset import DataBundle
 from mmdistill.io import write_json_atomic, write_text_atomic
+from mmdistill.models.card import card_for
 from mmdistill.models.net import MultiModalNet
 from mmdistill.train.recorder import MetricsLog
 
@@ -66,6 +67,8 @@ class Compressor:
         self.structured: MultiModalNet | None = None
         self._calibration: list[tuple[torch.Tensor, ...]] | None = None
         self._log: MetricsLog | None = None
+        # every ONNX file carries the card: how to prepare its inputs, what its outputs mean
+        self.card = card_for(run.config, "student", run.results).to_json()
 
     # ------------------------------------------------------------------ helpers
     def _rel(self, path: Path) -> str:
@@ -74,15 +77,18 @@ class Compressor:
     def _predictor(self, model: MultiModalNet) -> Predictor:
         if self.text:
             return net_predictor(model, self.tasks)
-        return torch_predictor(tensor_student(model, input_sizes(self.config)), self.names)
+        return torch_predictor(tensor_student(model), self.names)
 
     def _runtime(self) -> str:
         return "torch (MultiModalNet)" if self.text else "torch"
 
     def calibration(self) -> list[tuple[torch.Tensor, ...]]:
+        """`calibration_samples` train samples drawn at random (seeded), not the file's first rows,
+        which a file sorted by class or by source would make unrepresentative."""
         if self._calibration is None:
             self._calibration = [tensors_of(b["inputs"], self.names)
-                                 for b in plain_batches(self.data, "train", 32, self.spec.calibration_samples)]
+                                 for b in plain_batches(self.data, "train", 32, self.spec.calibration_samples,
+                                                        sample_seed=self.config.seed)]
         return self._calibration
 
     def example(self) -> tuple[torch.Tensor, ...]:
@@ -95,12 +101,14 @@ class Compressor:
 
     def add(self, name: str, predict: Predictor, file: Path, fmt: str, source: str, runtime: str,
             model: MultiModalNet, **extra: Any) -> torch.Tensor:
-        """Score `name` on test and record its entry (timing comes later, for all at once)."""
+        """Score `name` on dev and test and record its entry (timing comes later, for all at once)."""
         flat, labels = predict_split(predict, self.data)
         metrics = score(self.tasks, flat, labels)
+        dev = score(self.tasks, *predict_split(predict, self.data, "dev"))
         params, nonzero = count_params(model)
         entry: dict[str, Any] = {
-            "score": metrics["score"], "params": params, "nonzero_params": nonzero, "file_bytes": file_bytes(file),
+            "score": metrics["score"], "dev_score": dev["score"], "params": params, "nonzero_params": nonzero,
+            "file_bytes": file_bytes(file),
             "latency_ms_batch1": None, "throughput_batch32": None,
             "tasks": {t: m["f1"] for t, m in metrics["tasks"].items()},
             "runtime": runtime, "threads": self.spec.threads, "file": self._rel(file), "format": fmt, "source": source,
@@ -162,7 +170,7 @@ class Compressor:
 
     def int8(self, name: str, kind: str, model: MultiModalNet, source: str, fp32_onnx: Path | None = None) -> None:
         """The int8 model of `model` by path `kind` (one of INT8_PATHS)."""
-        wrap = tensor_student(model, input_sizes(self.config))
+        wrap = tensor_student(model)
         suffix = ".onnx" if kind.startswith("onnx") else ".pt"
         path = self.out / (artifacts.FILES[kind] if source == "fp32" else f"student_{name}{suffix}")
         try:
@@ -187,17 +195,17 @@ class Compressor:
         calibration = onnx_export.numpy_batches(self.calibration(), self.names)
         fmt = kind.removeprefix("onnx_int8_")
         if fp32_onnx is not None:
-            onnx_export.quantize_int8(fp32_onnx, path, calibration, fmt)
+            onnx_export.quantize_int8(fp32_onnx, path, calibration, fmt, self.card)
             return
         with tempfile.TemporaryDirectory() as work:
             fp32 = Path(work) / "fp32.onnx"
             onnx_export.export(wrap, self.example(), fp32)
-            onnx_export.quantize_int8(fp32, path, calibration, fmt)
+            onnx_export.quantize_int8(fp32, path, calibration, fmt, self.card)
 
     def onnx(self) -> None:
-        wrap = tensor_student(self.run.student, input_sizes(self.config))
+        wrap = tensor_student(self.run.student)
         path = self.out / artifacts.FILES["onnx_fp32"]
-        onnx_export.export(wrap, self.example(), path)
+        onnx_export.export(wrap, self.example(), path, self.card)
         predict = onnx_export.predictor(onnx_export.session(path, self.spec.threads), self.names)
         flat = self.add("onnx_fp32", predict, path, "onnx", "fp32", "onnxruntime", self.run.student)
         self.entries["onnx_fp32"]["max_abs_diff"] = float((flat - self.reference).abs().max())
@@ -232,14 +240,15 @@ class Compressor:
         return speed(chosen, self.data, self.spec.threads, self.spec.warmup, self.spec.repeats)
 
     def default_int8(self, timings: dict[str, dict[str, float]]) -> str | None:
-        """Fastest int8 path at batch 1 among those within MAX_SCORE_DROP of fp32's score;
-        paths within TIE of the fastest count as equally fast, and then PREFERENCE decides
-        (so two formats that run the same kernels do not swap places with timing noise)."""
+        """Fastest int8 path at batch 1 among those within MAX_SCORE_DROP of fp32's dev score
+        (chosen on dev, so the test score stays an honest estimate of the chosen model); paths
+        within TIE of the fastest count as equally fast, and then PREFERENCE decides (so two
+        formats that run the same kernels do not swap places with timing noise)."""
         candidates = [n for n in INT8_PATHS if n in self.entries and n in timings]
         if not candidates:
             return None
-        floor = self.entries["fp32"]["score"] - MAX_SCORE_DROP
-        good = [n for n in candidates if self.entries[n]["score"] >= floor] or candidates
+        floor = self.entries["fp32"]["dev_score"] - MAX_SCORE_DROP
+        good = [n for n in candidates if self.entries[n]["dev_score"] >= floor] or candidates
         fastest = min(timings[n]["latency_ms_batch1"] for n in good)
         tied = [n for n in good if timings[n]["latency_ms_batch1"] <= fastest * (1 + TIE)]
         return min(tied, key=PREFERENCE.index)
@@ -300,9 +309,9 @@ def compress_run(run_dir: str | Path, overrides: Iterable[str] = (), data: DataB
 
 def _default_note(c: Compressor, final: str, first: str | None) -> str:
     e, fp32 = c.entries[final], c.entries["fp32"]
-    within = e["score"] >= fp32["score"] - MAX_SCORE_DROP
+    within = e["dev_score"] >= fp32["dev_score"] - MAX_SCORE_DROP
     note = (f"default int8 path: {final}, the fastest int8 model at batch 1 (ties within 5% go to QDQ) "
-            f"{'within 0.01 of' if within else '(none is within 0.01 of'} the fp32 test score"
+            f"{'within 0.01 of' if within else '(none is within 0.01 of'} the fp32 dev score"
             f"{'' if within else ')'}: {e['latency_ms_batch1']:.3f} ms vs fp32 {fp32['latency_ms_batch1']:.3f} ms "
             f"({e['speedup_batch1']:.2f}x), score {e['score']:.4f} vs {fp32['score']:.4f}")
     if "onnx_fp32" in c.entries and final != "onnx_fp32":

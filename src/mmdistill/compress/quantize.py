@@ -51,7 +51,10 @@ def _prepared(model: TensorStudent, example: tuple[torch.Tensor, ...]) -> nn.Mod
 
     _quiet()
     torch.backends.quantized.engine = BACKEND
-    return prepare_fx(copy.deepcopy(model).eval(), get_default_qconfig_mapping(BACKEND), example)
+    # the task logits are joined in float: a quantized cat would force one scale on heads whose
+    # outputs have their own ranges
+    mapping = get_default_qconfig_mapping(BACKEND).set_object_type(torch.cat, None)
+    return prepare_fx(copy.deepcopy(model).eval(), mapping, example)
 
 
 @torch.no_grad()

@@ -2,8 +2,10 @@
 ONNX exporter can take (MultiModalNet itself takes a dict and returns a dataclass).
 
 `TensorStudent(model)(*tensors)` returns [B, sum of task outputs]: the task logits side by side
-in `model.tasks` order (a binary task is one column). It computes exactly what
-`MultiModalNet.forward` computes in eval mode for the same inputs (dropout is the identity).
+in `model.tasks` order (a binary task is one column). It calls `MultiModalNet.forward` itself,
+so what is exported or quantized is the trained model's own function, projection
+normalisation and complete modality masking included; the model's forward has no branch on
+its inputs' values or shapes in eval mode, so it traces as it runs.
 """
 
 from __future__ import annotations
@@ -11,11 +13,9 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from mmdistill.config.schema import ExperimentConfig, hw
-from mmdistill.models.encoders import ImageEncoder
+from mmdistill.config.schema import ExperimentConfig
 from mmdistill.models.net import MultiModalNet, TaskInfo
 
 TENSOR_KINDS = ("image", "stacked_image", "embedding")
@@ -30,33 +30,15 @@ def non_tensor_modalities(config: ExperimentConfig) -> list[str]:
 class TensorStudent(nn.Module):
     """(one tensor per student modality, in `model.modalities` order) -> [B, total outputs]."""
 
-    def __init__(self, model: MultiModalNet, input_sizes: dict[str, Any] | None = None):
+    def __init__(self, model: MultiModalNet):
         super().__init__()
         self.model = model
         self.names = list(model.modalities)
-        # ImageEncoder resizes with a shape test in Python; decided here once, so the traced
-        # graph has no data-dependent branch
-        self.resize: dict[str, tuple[int, int] | None] = {}
-        for name in self.names:
-            enc = model.encoders[name]
-            size = getattr(enc, "input_size", None)
-            known = (input_sizes or {}).get(name)
-            self.resize[name] = hw(size) if size is not None and (known is None or hw(size) != hw(known)) else None
-
-    def _encode(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        enc = self.model.encoders[name]
-        if isinstance(enc, ImageEncoder):
-            size = self.resize[name]
-            if size is not None:
-                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            return enc.backbone(x)
-        return enc(x)
 
     def logits(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        m = self.model
-        projections = [m.projections[name](self._encode(name, x)) for name, x in zip(self.names, inputs)]
-        fused = m.fusion(projections)
-        return torch.cat([m.heads[t.name](fused) for t in m.tasks], dim=-1)
+        out = self.model(dict(zip(self.names, inputs)))
+        return torch.cat([out.logits[t.name].unsqueeze(-1) if t.type == "binary" else out.logits[t.name]
+                          for t in self.model.tasks], dim=-1)
 
 
 # FX traces neither *args nor optional inputs: one class per number of inputs.
@@ -75,15 +57,11 @@ class _Three(TensorStudent):
         return self.logits((x0, x1, x2))
 
 
-def tensor_student(model: MultiModalNet, sizes: dict[str, Any] | None = None) -> TensorStudent:
+def tensor_student(model: MultiModalNet) -> TensorStudent:
     classes = {1: _One, 2: _Two, 3: _Three}
     if len(model.modalities) not in classes:
         raise ValueError(f"a student with {len(model.modalities)} modalities is not supported for export (1 to 3)")
-    return classes[len(model.modalities)](model, sizes).eval()
-
-
-def input_sizes(config: ExperimentConfig) -> dict[str, Any]:
-    return {name: spec.size for name, spec in config.data.modalities.items() if hasattr(spec, "size")}
+    return classes[len(model.modalities)](model).eval()
 
 
 def split_logits(tasks: list[TaskInfo], flat: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -104,14 +82,17 @@ def tensors_of(batch_inputs: dict[str, Any], names: list[str]) -> tuple[torch.Te
     return tuple(batch_inputs[n] for n in names)
 
 
-def plain_batches(data, split: str, batch_size: int, limit: int | None = None) -> Iterator[dict[str, Any]]:
-    """Batches of `split` in file order, without train augmentation, up to `limit` samples."""
+def plain_batches(data, split: str, batch_size: int, limit: int | None = None,
+                  sample_seed: int | None = None) -> Iterator[dict[str, Any]]:
+    """Batches of `split` without train augmentation, up to `limit` samples: in file order, or
+    shuffled by `sample_seed` (a random sample of the split)."""
     dataset = data.datasets[split]
     augmenter = getattr(dataset, "augmenter", None)
     dataset.augmenter = None
     try:
         seen = 0
-        for batch in data.loader(split, batch_size, shuffle=False, seed=0):
+        shuffle = sample_seed is not None
+        for batch in data.loader(split, batch_size, shuffle=shuffle, seed=sample_seed or 0):
             if limit is not None and seen >= limit:
                 break
             if limit is not None and seen + len(batch["index"]) > limit:

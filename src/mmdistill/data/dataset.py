@@ -75,6 +75,12 @@ class MultiModalDataset(Dataset):
         The dict is replaced, not updated: views made by `select` share it with this dataset."""
         self._image_caches = {**self._image_caches, name: cache}
 
+    def image_levels(self) -> dict[str, int | None]:
+        """Per image modality, the levels its images were quantised to when read (255 or 65535
+        from the decoded-image cache; None when read from the files)."""
+        return {name: (int(self._image_caches[name].scale) if name in self._image_caches else None)
+                for name in self._image_specs}
+
     def _image(self, record: Record, name: str, spec: ImageModality | StackedImageModality,
                index: int | None = None) -> torch.Tensor:
         """Sample `index`'s image from the decoded-image cache when one is attached, else decoded

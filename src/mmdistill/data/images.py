@@ -49,11 +49,15 @@ def _fit_channels(arr: np.ndarray, channels: int) -> np.ndarray:
     return np.repeat(arr, 3, -1) if arr.shape[-1] == 1 else arr
 
 
-def load_image(path: str | Path, channels: int, size: int | tuple[int, int]) -> torch.Tensor:
-    """Read `path` as a [channels, height, width] float tensor in [0, 1] (`size`: N for N x N)."""
-    with Image.open(path) as img:
-        img.load()
-        arr = _fit_channels(_decode(img), channels)
+def load_image(path: str | Path | Image.Image, channels: int, size: int | tuple[int, int]) -> torch.Tensor:
+    """Read `path` (or an image already open) as a [channels, height, width] float tensor in
+    [0, 1] (`size`: N for N x N)."""
+    if isinstance(path, Image.Image):
+        arr = _fit_channels(_decode(path), channels)
+    else:
+        with Image.open(path) as img:
+            img.load()
+            arr = _fit_channels(_decode(img), channels)
     tensor = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
     shape = hw(size)
     if tuple(tensor.shape[-2:]) != shape:

@@ -8,10 +8,10 @@ and `extract` all get the same model for the same config.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 from mmdistill.cache.text import attach_text_caches
-from mmdistill.models.net import MultiModalNet
+from mmdistill.models.net import MultiModalNet, TaskInfo
 
 if TYPE_CHECKING:
     from mmdistill.config.schema import ExperimentConfig
@@ -21,6 +21,12 @@ if TYPE_CHECKING:
 def build_model(config: "ExperimentConfig", role: str, data: "DataBundle") -> MultiModalNet:
     """The config's `role` ("teacher" or "student") for `data`; weights are random or
     pretrained as the spec says (load a checkpoint with `models/checkpoints.load_weights`)."""
-    spec = getattr(config, role)
-    model = MultiModalNet(spec, config.data.modalities, data.tasks, data.embedding_dims, key=role)
+    model = build_net(config, role, data.tasks, data.embedding_dims)
     return attach_text_caches(model, config, data, role)
+
+
+def build_net(config: "ExperimentConfig", role: str, tasks: list[TaskInfo],
+              embedding_dims: Mapping[str, int] | None = None) -> MultiModalNet:
+    """The same model without the data at hand (applying a trained model to new inputs): the
+    tasks and embedding sizes come from the run's results.json instead."""
+    return MultiModalNet(getattr(config, role), config.data.modalities, tasks, embedding_dims, key=role)

@@ -67,7 +67,10 @@ class Encoder(nn.Module):
 
 
 class ImageEncoder(Encoder):
-    """Wraps a vision backbone returning pooled features; resizes input to `input_size`.
+    """Wraps a vision backbone returning pooled features; resizes its input to `input_size`
+    when that differs from the size the data decodes the modality to (`source_size`). The
+    decision is made once, here, so the forward has no branch on a tensor's shape: the model
+    traces as it runs (FX quantization, ONNX export).
 
     `forward_with_map` needs the backbone to offer `forward_features` (its last feature map)
     and `forward_head(x, pre_logits=True)` (its pooling), as timm models and TinyCNN do;
@@ -76,17 +79,20 @@ class ImageEncoder(Encoder):
     """
 
     def __init__(self, backbone: nn.Module, out_dim: int, input_size: int | tuple[int, int] | None, trainable: bool,
-                 layout: str | None | Callable[[], str | None] = None):
+                 layout: str | None | Callable[[], str | None] = None,
+                 source_size: int | tuple[int, int] | None = None):
         super().__init__(trainable)
         self.backbone = backbone
         self.out_dim = out_dim
         self.input_size = input_size
+        same = input_size is None or (source_size is not None and hw(input_size) == hw(source_size))
+        self.resize_to: tuple[int, int] | None = None if same else hw(input_size)
         self._layout = layout
         self.freeze_if_needed()
 
     def _resize(self, images: torch.Tensor) -> torch.Tensor:
-        if self.input_size is not None and tuple(images.shape[-2:]) != hw(self.input_size):
-            images = F.interpolate(images, size=hw(self.input_size), mode="bilinear", align_corners=False)
+        if self.resize_to is not None:
+            images = F.interpolate(images, size=self.resize_to, mode="bilinear", align_corners=False)
         return images
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -185,13 +191,14 @@ def build_timm(spec: TimmEncoderSpec, modality: ModalitySpec, key: str, in_dim: 
     # `num_features` for models with a pre-logits conv head (MobileNetV3, EfficientNet-X)
     out_dim = getattr(backbone, "head_hidden_size", None) or backbone.num_features
     return ImageEncoder(backbone, out_dim, spec.input_size, spec.trainable,
-                        layout=partial(timm_feature_map_layout, spec.name, in_chans))
+                        layout=partial(timm_feature_map_layout, spec.name, in_chans), source_size=modality.size)
 
 
 @ENCODERS.register("tiny_cnn")
 def build_tiny_cnn(spec: TinyCNNEncoderSpec, modality: ModalitySpec, key: str, in_dim: int | None = None) -> Encoder:
     backbone = TinyCNN(spec.in_chans or modality.total_channels, tuple(spec.widths))
-    return ImageEncoder(backbone, backbone.num_features, spec.input_size, spec.trainable, layout="NCHW")
+    return ImageEncoder(backbone, backbone.num_features, spec.input_size, spec.trainable, layout="NCHW",
+                        source_size=modality.size)
 
 
 def resolve_text_model(name: str, key: str) -> str:

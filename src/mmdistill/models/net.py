@@ -143,13 +143,18 @@ class MultiModalNet(nn.Module):
         absent = {m: flags for m, flags in (absent or {}).items() if m in self.modalities}
         if self.masking is None and not absent:
             return None
+        complete = self.masking.complete if self.masking is not None else None
+        if not self.training and not absent:  # eval: the fixed mask alone, with no branch on the data
+            present = torch.ones_like(like[:, :1], dtype=torch.bool).expand(-1, len(self.modalities)).clone()
+            if complete in self.modalities and len(self.modalities) > 1:
+                present[:, self.modalities.index(complete)] = False
+            return present
         batch = like.shape[0]
         present = torch.ones(batch, len(self.modalities), dtype=torch.bool, device=like.device)
         available = present.clone()
         for m, flags in absent.items():
             available[:, self.modalities.index(m)] = ~flags.to(device=like.device, dtype=torch.bool)
         present &= available
-        complete = self.masking.complete if self.masking is not None else None
         if complete in self.modalities:
             present[:, self.modalities.index(complete)] = False
         if self.training and self.masking is not None and self.masking.random:

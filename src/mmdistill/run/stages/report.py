@@ -50,7 +50,14 @@ class ReportStage(Stage):
             results["params"]["student"] = run.student.num_parameters()
         results["tasks"] = {t.name: {"type": t.type, "classes": list(t.classes)} for t in run.data.tasks}
         results["samples"] = {split: len(ds) for split, ds in run.data.datasets.items()}
-        results["image_stats"] = image_stats(run.data.modalities)  # the mean/std the inputs were normalised with
+        # how the inputs were prepared, what a deployed model must repeat (models/card.py): each image
+        # modality's mean/std and quantisation levels, each embedding's size
+        stats = image_stats(run.data.modalities)
+        for name, levels in run.data.datasets["test"].image_levels().items():
+            if name in stats:
+                stats[name]["levels"] = levels
+        results["image_stats"] = stats
+        results["embedding_dims"] = dict(run.data.embedding_dims)
         results["data_signature"] = data_signature(config, run.data)  # a sweep re-runs this run when its data changes
         if config.logging.plots and is_writer():
             self._plots(run)
