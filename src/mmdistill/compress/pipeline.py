@@ -68,7 +68,7 @@ class Compressor:
         self._calibration: list[tuple[torch.Tensor, ...]] | None = None
         self._log: MetricsLog | None = None
         # every ONNX file carries the card: how to prepare its inputs, what its outputs mean
-        self.card = card_for(run.config, "student", run.results).to_json()
+        self.card = card_for(run.config, "student", run.results, run.data).to_json()
 
     # ------------------------------------------------------------------ helpers
     def _rel(self, path: Path) -> str:

@@ -75,12 +75,22 @@ class ModelCard:
         return [i.name for i in self.inputs]
 
 
-def card_for(config: Any, role: str, results: dict[str, Any]) -> ModelCard:
+def card_for(config: Any, role: str, results: dict[str, Any], data: Any = None) -> ModelCard:
     """The card of the run's `role` model ("student" or "teacher"), from its resolved config and
-    its results.json (tasks, the image statistics it normalised with, embedding sizes)."""
+    either the data as the run loaded it (`data`: its tasks, resolved image statistics, image
+    levels and embedding sizes) or, without the data at hand, what results.json recorded."""
     from mmdistill.config.schema import hw
 
-    stats = results.get("image_stats", {})
+    if data is not None:
+        from mmdistill.data.stats import image_stats
+
+        levels = data.datasets["test"].image_levels()
+        stats = {name: {**stat, "levels": levels.get(name)} for name, stat in image_stats(data.modalities).items()}
+        dims = dict(data.embedding_dims)
+        task_list = [(t.name, t.type, list(t.classes)) for t in data.tasks]
+    else:
+        stats, dims = results.get("image_stats", {}), results.get("embedding_dims", {})
+        task_list = [(name, t["type"], list(t["classes"])) for name, t in results["tasks"].items()]
     inputs = []
     for name in getattr(config, role).encoders:
         spec = config.data.modalities[name]
@@ -93,8 +103,7 @@ def card_for(config: Any, role: str, results: dict[str, Any]) -> ModelCard:
             entry.mean, entry.std = list(stat.get("mean", [])), list(stat.get("std", []))
             entry.levels = stat.get("levels", 255 if config.cache.images else None)
         elif spec.kind == "embedding":
-            entry.dim = results.get("embedding_dims", {}).get(name)
+            entry.dim = dims.get(name)
         inputs.append(entry)
-    tasks = [CardTask(name, t["type"], list(t["classes"]), config.tasks[name].column or name)
-             for name, t in results["tasks"].items()]
+    tasks = [CardTask(name, kind, classes, config.tasks[name].column or name) for name, kind, classes in task_list]
     return ModelCard(inputs=inputs, tasks=tasks)
