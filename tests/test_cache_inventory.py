@@ -113,3 +113,51 @@ def test_a_baseline_entry_needs_its_result_and_weights(tmp_path):
             (root / "baselines" / name / file).write_text('{"key": "k"}')
     states = {e.name: e.state for e in list_entries(root)}
     assert states == {"whole": "ok", "no-weights": "damaged", "no-result": "damaged"}
+
+
+def _slow_build(path, key, log):
+    """A store build that takes a while and leaves a line in `log` (a file: it runs in another process)."""
+    import time
+
+    from mmdistill.cache.store import StoreWriter, open_or_build
+
+    def build():
+        with open(log, "a") as fh:
+            fh.write("built\n")
+        time.sleep(1.0)
+        with StoreWriter(path, key) as writer:
+            writer.declare("x", (3, 2), np.float32)
+            writer.append("x", np.ones((3, 2), np.float32))
+            return writer.commit()
+
+    store, _ = open_or_build(path, key, build, "test")
+    assert store.read("x", [0, 2]).sum() == 4
+
+
+def test_concurrent_builds_of_one_store_build_it_once(tmp_path):
+    import multiprocessing
+
+    path, log = tmp_path / "teacher" / "k1", tmp_path / "builds.log"
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_slow_build, args=(path, "k1", log)) for _ in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert [w.exitcode for w in workers] == [0, 0, 0]
+    assert log.read_text().count("built") == 1  # one builder; the others waited and read its store
+
+
+def test_a_store_in_use_is_never_pruned(tmp_path):
+    from mmdistill.cache.store import open_or_build
+
+    path = tmp_path / "teacher" / "k2"
+    store, built = open_or_build(path, "k2", lambda: _store(path, "k2"), "test")
+    assert built
+    old = time.time() - 90 * 86400
+    os.utime(path / STORE_FILE, (old, old))
+    removed, kept = prune(tmp_path, 30)
+    assert removed == [] and [e.state for e in kept] == ["in use"] and path.is_dir()
+    store.close()  # the run is done with it
+    removed, _ = prune(tmp_path, 30)
+    assert [e.name for e in removed] == ["k2"] and not path.exists()

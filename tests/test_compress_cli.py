@@ -48,7 +48,8 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 
 
 def one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
+    """The one error line (progress lines such as a cache being built may come before it)."""
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
 

@@ -94,9 +94,13 @@ def test_periodic_checkpoints_keep_the_last_and_a_stage_resumes_from_one(demo_ro
     raw["output_dir"] = str(tmp_path / "b")
     raw["training"]["teacher"].update(epochs=4, save_every=None,
                                       resume_from=str(tmp_path / "a" / "tiny" / "checkpoints" / "teacher_epochs" / "epoch003.ckpt"))
-    run_experiment(load_config(write_config(tmp_path / "b.yaml", raw)))
+    results = run_experiment(load_config(write_config(tmp_path / "b.yaml", raw)))
     rows = [r for r in csv.DictReader((tmp_path / "b" / "tiny" / "metrics.csv").open()) if r["stage"] == "teacher"]
-    assert [r["epoch"] for r in rows] == ["4"]  # epochs 1-3 came from the checkpoint
+    earlier = [r for r in csv.DictReader((tmp_path / "a" / "tiny" / "metrics.csv").open()) if r["stage"] == "teacher"]
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]  # epochs 1-3 trained in a, 4 here: all kept
+    assert [r["dev_score"] for r in rows[:3]] == [r["dev_score"] for r in earlier]
+    scores = [float(r["dev_score"]) for r in rows]  # the best over all four epochs, not the first after resuming
+    assert results["teacher"]["best_epoch"] == scores.index(max(scores)) + 1
 
 
 def test_missing_resume_checkpoint_is_a_config_error(config_file):

@@ -95,8 +95,11 @@ def test_same_config_and_seed_give_the_same_metrics(demo_root, tmp_path):
 
 
 def test_finished_run_is_not_overwritten_without_flag(finished_run, capsys):
+    """The same command again finds the run finished and changes nothing; another config in the
+    same directory is refused unless --overwrite."""
     run_dir, config_path = finished_run
     before = (run_dir / "results.json").read_bytes()
-    assert main(["run", str(config_path)]) == 2
+    assert main(["run", str(config_path)]) == 0
+    assert main(["run", str(config_path), "--set", "training.student.epochs=3"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (run_dir / "results.json").read_bytes() == before

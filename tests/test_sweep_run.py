@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
+import torch
 import yaml
 
 from conftest import tiny_config, write_config
 from mmdistill.cli import main
 from mmdistill.config.schema import ExperimentConfig
 from mmdistill.config.hashing import config_hash
+from mmdistill.sweep.plan import make_plan
 from mmdistill.sweep.runner import run_sweep
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -23,8 +25,9 @@ SEEDS = (1, 2)
 VARIANTS = ("preset-kd", "preset-kl_bce")
 
 
-def sweep_config(demo_root, out: Path, sweep: dict, name: str = "tiny") -> Path:
+def sweep_config(demo_root, out: Path, sweep: dict, name: str = "tiny", trackers: tuple[str, ...] = ()) -> Path:
     raw = tiny_config(demo_root, out / "runs")
+    raw["logging"]["trackers"] = ["csv", *trackers]
     raw["experiment_name"] = name
     for stage in ("teacher", "student"):
         raw["training"][stage]["epochs"] = 1
@@ -36,7 +39,8 @@ def sweep_config(demo_root, out: Path, sweep: dict, name: str = "tiny") -> Path:
 @pytest.fixture(scope="module")
 def sweep(demo_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
-    path = sweep_config(demo_root, out, {"grid": {"objective.preset": ["kd", "kl_bce"]}, "seeds": list(SEEDS)})
+    path = sweep_config(demo_root, out, {"grid": {"objective.preset": ["kd", "kl_bce"]}, "seeds": list(SEEDS)},
+                        trackers=("mlflow",))
     log: list[str] = []
     code = run_sweep(path, echo=log.append)
     return {"path": path, "dir": out / "runs" / "tiny", "log": log, "code": code}
@@ -62,6 +66,26 @@ def test_every_run_lands_in_variant_seed_dirs(sweep):
     run_dir = root / VARIANTS[0] / "seed_1"
     config = ExperimentConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
     assert _results(run_dir)["config_hash"] == config_hash(config)
+
+
+def test_mlflow_files_every_run_under_the_sweep_tagged_with_variant_and_seed(sweep):
+    import mlflow
+
+    mlflow.set_tracking_uri((sweep["dir"].parent / "mlruns").as_uri())
+    found = mlflow.search_runs(experiment_names=["tiny"], output_format="list")
+    [parent] = [r for r in found if r.data.tags.get("kind") == "sweep"]
+    assert parent.info.status == "FINISHED"
+    children = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    runs = {(r.data.tags["variant"], r.data.tags["seed"]) for r in children}
+    assert runs == {(v, str(s)) for v in (*VARIANTS, "shared teacher") for s in SEEDS}
+    aggregated = json.loads((sweep["dir"] / "aggregated_results.json").read_text())
+    for variant in VARIANTS:
+        expected = aggregated["variants"][variant]["metrics"]["student.test.score"]["mean"]
+        assert parent.data.metrics[f"{variant}/student.test.score/mean"] == pytest.approx(expected, rel=1e-9)
+    kd = next(r for r in children if r.data.tags["variant"] == "preset-kd" and r.data.tags["seed"] == str(SEEDS[0]))
+    assert kd.data.params["objective.preset"] == "kd"
+    assert kd.data.metrics["student/test/score"] == pytest.approx(
+        _results(sweep["dir"] / "preset-kd" / f"seed_{SEEDS[0]}")["student"]["test"]["score"], rel=1e-9)
 
 
 def test_the_teacher_is_trained_once_per_seed_and_shared(sweep):
@@ -251,3 +275,41 @@ def test_a_failed_teacher_fails_only_the_runs_that_need_it(demo_root, tmp_path):
     failed = log[log.index("FAILED (2):") + 1:]
     assert failed[0].startswith("  teacher ") and "RuntimeError" in failed[0]
     assert failed[1].startswith("  input_size-1 seed 1: not run: its shared teacher failed (teacher ")
+
+
+def test_a_shared_teacher_is_the_teacher_a_standalone_run_trains(demo_root, tmp_path):
+    """The shared-teacher job is planned from the first variant; a run of another variant (a
+    student of another size, built before the teacher trains) trains the very same teacher."""
+    from safetensors.torch import load_file
+
+    from mmdistill.preflight import load_config
+    from mmdistill.run.experiment import run_experiment
+
+    path = sweep_config(demo_root, tmp_path, {"grid": {"student.projection_dim": [8, 12]}, "seeds": [1]})
+    assert run_sweep(path, echo=lambda line: None, report=False) == 0
+    shared = next((tmp_path / "runs" / "tiny" / "_teachers").glob("*/seed_1/checkpoints/teacher_best.safetensors"))
+    alone = load_config(path, ["student.projection_dim=12", "seed=1", f"output_dir={tmp_path / 'alone'}",
+                               "training.baseline=false"])
+    run_experiment(alone)
+    standalone = load_file(str(tmp_path / "alone" / "tiny" / "checkpoints" / "teacher_best.safetensors"))
+    shared_weights = load_file(str(shared))
+    assert shared_weights.keys() == standalone.keys()
+    assert all(torch.equal(shared_weights[k], standalone[k]) for k in standalone)
+
+
+def test_a_teacher_trained_again_at_the_same_path_makes_its_runs_stale(sweep):
+    """Reuse is keyed by the teacher checkpoint's content, not its path."""
+    root = sweep["dir"]
+    run = _results(root / VARIANTS[0] / f"seed_{SEEDS[0]}")
+    checkpoint = Path(yaml.safe_load((root / VARIANTS[0] / f"seed_{SEEDS[0]}" / "config.yaml").read_text())
+                      ["teacher"]["checkpoint"])
+    plan = make_plan(sweep["path"], check_runtime=False)
+    job = next(j for j in plan.runs if j.run_dir == str(root / VARIANTS[0] / f"seed_{SEEDS[0]}"))
+    assert job.is_finished() and run["identity"]["teacher_checkpoint"]
+    original = checkpoint.read_bytes()
+    try:
+        checkpoint.write_bytes(original[:-4] + b"\x00\x00\x00\x01")  # the same path, other weights
+        assert not job.is_finished()
+    finally:
+        checkpoint.write_bytes(original)
+    assert job.is_finished()

@@ -46,8 +46,23 @@ def test_one_array_job_with_the_configured_resources(tmp_path, monkeypatch):
                  "/scratch/venv/bin/python -u -m submitit.core._submit"):
         assert line in script, line
     assert script.index("module purge") < script.index("srun")  # setup runs before the job
+    assert "#SBATCH --signal=USR2@90" in script  # warned before preemption or the time limit
     assert executor.sbatch_script(3) == script  # what --dry-run prints is what gets submitted
-    assert len(list((tmp_path / "sweep" / "_submitit" / "4242_0").glob("*_submitted.pkl"))) == 1
+    pickles = list((tmp_path / "sweep" / "_submitit" / "4242_0").glob("*_submitted.pkl"))
+    assert len(pickles) == 1
+
+
+def test_a_preempted_job_asks_to_be_requeued_with_the_same_job(tmp_path):
+    """submitit calls `checkpoint` when SLURM warns of preemption or the time limit; the job it
+    queues again is the same one, which resumes its run directory when it starts."""
+    from submitit.helpers import DelayedSubmission
+
+    from mmdistill.sweep.executors import RequeueingJob
+
+    job = Job("run", "v seed 1", str(tmp_path / "seed_1"), {}, "h", variant="v", seed=1)
+    again = RequeueingJob().checkpoint(job)
+    assert isinstance(again, DelayedSubmission) and isinstance(again.function, RequeueingJob)
+    assert again.args == (job,)
 
 
 def test_a_single_job_is_not_an_array():

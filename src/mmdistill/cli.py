@@ -71,7 +71,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     from mmdistill.compress import compress_run
 
-    compress_run(args.run_dir, args.overrides)
+    from mmdistill.tracking import RunTrackers
+
+    results = compress_run(args.run_dir, args.overrides)
+    RunTrackers.update_finished(Path(args.run_dir), results)
     print(f"results: {Path(args.run_dir) / 'results.json'} (compressed), table: {Path(args.run_dir) / 'compress.md'}")
     return 0
 

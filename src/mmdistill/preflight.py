@@ -24,10 +24,12 @@ from mmdistill.models.build import build_model
 from mmdistill.models.fusion import check_fusion
 from mmdistill.models.net import MultiModalNet
 from mmdistill.models.precomputed import PrecomputedTeacher
+from mmdistill.tracking import check_trackers
 
 
 def check_config(config: ExperimentConfig, source: str) -> ExperimentConfig:
-    """Fusion parameters and the objective's terms, against their registries; raises UserError
+    """Fusion parameters, the objective's terms and the trackers (names, and their packages
+    installed), against their registries; raises UserError
     naming `source` and the key."""
     for role in ("teacher", "student"):
         try:
@@ -36,6 +38,7 @@ def check_config(config: ExperimentConfig, source: str) -> ExperimentConfig:
             raise UserError(f"{source}: {exc}") from None
     try:
         check_objective(config)
+        check_trackers(config)
     except UserError as exc:
         raise UserError(f"{source}: {exc}") from None
     return config

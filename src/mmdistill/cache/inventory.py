@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmdistill.cache import KINDS
-from mmdistill.cache.store import STORE_FILE, ArrayStore
+from mmdistill.cache.store import STORE_FILE, ArrayStore, acquire, release
 from mmdistill.errors import UserError
 
 ABANDONED_AFTER_S = 3600.0
@@ -38,7 +38,8 @@ class CacheEntry:
     path: Path
     bytes: int
     last_used: float  # seconds since the epoch
-    state: str  # "ok", "damaged" (rebuilt on next use) or "unfinished" (a build's temporary directory)
+    state: str  # "ok", "damaged" (rebuilt on next use), "unfinished" (a build's temporary directory),
+    #             or "in use" (a running job reads it: kept whatever its age)
 
     @property
     def name(self) -> str:
@@ -109,23 +110,31 @@ def removable(entry: CacheEntry, older_than_s: float, now: float) -> bool:
     return entry.state == "damaged" or age > older_than_s
 
 
-def remove(entry: CacheEntry) -> None:
-    """Out of the key's path in one rename, then deleted."""
+def remove(entry: CacheEntry) -> bool:
+    """Out of the key's path in one rename, then deleted; False (and left alone) when a run is
+    using it (it holds the entry's lock) or another process removed it first."""
+    try:
+        lock = acquire(entry.path, shared=False, blocking=False)
+    except BlockingIOError:
+        return False
     trash = entry.path.with_name(f".{entry.path.name}.trash-{uuid.uuid4().hex[:8]}")
     try:
         os.rename(entry.path, trash)
-    except FileNotFoundError:  # removed by someone else meanwhile
-        return
+    except FileNotFoundError:  # removed by someone else meanwhile: gone all the same
+        return True
+    finally:
+        release(lock)
     if trash.is_dir():
         shutil.rmtree(trash, ignore_errors=True)
     else:
         trash.unlink(missing_ok=True)
+    return True
 
 
 def prune(cache_dir: Path, older_than_days: float, dry_run: bool = False,
           now: float | None = None) -> tuple[list[CacheEntry], list[CacheEntry]]:
     """(removed, kept): damaged entries, and entries last used more than `older_than_days` ago,
-    are removed (only listed with `dry_run`)."""
+    are removed (only listed with `dry_run`); an entry a running job is reading is kept."""
     if older_than_days < 0:
         raise UserError(f"--older-than: needs a number of days >= 0, got {older_than_days}")
     now = time.time() if now is None else now
@@ -133,8 +142,11 @@ def prune(cache_dir: Path, older_than_days: float, dry_run: bool = False,
     for entry in list_entries(cache_dir):
         (removed if removable(entry, older_than_days * 86400.0, now) else kept).append(entry)
     if not dry_run:
-        for entry in removed:
-            remove(entry)
+        in_use = [entry for entry in removed if not remove(entry)]
+        for entry in in_use:
+            entry.state = "in use"
+        removed = [e for e in removed if e not in in_use]
+        kept += in_use
     return removed, kept
 
 

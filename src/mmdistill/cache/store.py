@@ -8,6 +8,12 @@ a temporary sibling directory and renamed into place only when every array is co
 filled up or a file truncated later is never read: `ArrayStore.open` returns None and the
 caller rebuilds.
 
+Several processes share a cache (a sweep's workers, SLURM jobs on one file system): a store is
+built under an exclusive lock, so one process builds it and the others wait and then read it,
+and a process reading a store holds a shared lock on it until it closes it (or exits), so
+`mmdistill cache --older-than` never removes a store in use (advisory `flock` locks in
+`<cache.dir>/.locks/`, where the file system supports them).
+
 Rows are read with `os.pread` rather than through an mmap. Pages of a mapped file count in a
 process's RSS once touched, so a training process reading a cache through a mapping grows by
 the whole cache size over an epoch; reading by offset keeps it flat however large the cache is
@@ -27,8 +33,78 @@ from typing import Any, Callable
 import numpy as np
 
 STORE_FILE = "store.json"
+LOCKS = ".locks"  # <cache.dir>/.locks/<kind>/<entry>.lock, out of the way of the entries
 
 log = logging.getLogger(__name__)
+
+
+def lock_path(entry: Path) -> Path:
+    entry = Path(entry)
+    return entry.parent.parent / LOCKS / entry.parent.name / f"{entry.name}.lock"
+
+
+# lock file -> shared locks this process holds on it (a process never waits on itself)
+_HELD: dict[Path, int] = {}
+
+
+class Lock:
+    """A held flock on an entry's lock file; `release()` it (or let the process end)."""
+
+    def __init__(self, fd: int, path: Path, shared: bool):
+        self.fd, self.path, self.shared = fd, path, shared
+        if shared:
+            _HELD[path] = _HELD.get(path, 0) + 1
+
+    def downgrade(self) -> "Lock":
+        """Exclusive to shared on the same descriptor: no moment without a lock."""
+        import fcntl
+
+        fcntl.flock(self.fd, fcntl.LOCK_SH)
+        if not self.shared:
+            self.shared = True
+            _HELD[self.path] = _HELD.get(self.path, 0) + 1
+        return self
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        os.close(self.fd)
+        self.fd = -1
+        if self.shared:
+            _HELD[self.path] -= 1
+
+
+def acquire(entry: Path, shared: bool, blocking: bool = True) -> Lock | None:
+    """A shared or exclusive lock on `entry` (None where locks are not available, or for an
+    exclusive lock this process would wait on itself for: it reads the entry already).
+    Not `blocking`: BlockingIOError when another process holds a conflicting lock."""
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: caches work, without the guarantees above
+        return None
+    path = lock_path(entry)
+    if not shared and _HELD.get(path, 0) > 0:
+        if not blocking:
+            raise BlockingIOError(f"{entry} is in use")
+        return None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:  # a read-only cache: nothing to build, nothing to guard
+        return None
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB))
+    except OSError:
+        os.close(fd)
+        if not blocking:
+            raise BlockingIOError(f"{entry} is in use") from None
+        return None
+    return Lock(fd, path, shared)
+
+
+def release(lock: Lock | None) -> None:
+    if lock is not None:
+        lock.release()
 
 
 class ArrayStore:
@@ -41,6 +117,7 @@ class ArrayStore:
         self.arrays: dict[str, dict[str, Any]] = meta["arrays"]
         self._fds: dict[str, int] = {}
         self._pid = -1
+        self._lock: Lock | None = None  # a shared lock while in use: never pruned meanwhile
 
     @classmethod
     def open(cls, path: str | Path, key: str | None = None) -> "ArrayStore | None":
@@ -95,9 +172,11 @@ class ArrayStore:
         for fd in self._fds.values():
             os.close(fd)
         self._fds = {}
+        release(self._lock)
+        self._lock = None
 
     def __getstate__(self) -> dict[str, Any]:  # descriptors do not travel to spawned workers
-        return {**self.__dict__, "_fds": {}, "_pid": -1}
+        return {**self.__dict__, "_fds": {}, "_pid": -1, "_lock": None}
 
 
 class StoreWriter:
@@ -184,18 +263,47 @@ def open_or_build(path: Path, key: str, build: Callable[[], ArrayStore], what: s
                   valid: Callable[[ArrayStore], bool] | None = None) -> tuple[ArrayStore | None, bool]:
     """The complete store keyed `key` at `path`, or, when it is missing, stale, damaged or not
     `valid`, whatever is there removed (with a warning naming `what`) and `build()`'s store;
-    the flag says whether it was built. A cache only saves time, so one that cannot be written
+    the flag says whether it was built. One process builds at a time: the others wait for its
+    lock and then read what it built. A cache only saves time, so one that cannot be written
     (disk full, read-only or missing directory) is (None, False) with a warning, and the caller
     goes on without it rather than failing a run that would otherwise finish."""
-    store = ArrayStore.open(path, key)
-    if store is not None and (valid is None or valid(store)):
-        mark_used(path / STORE_FILE)
+    store = _open_in_use(path, key, valid)
+    if store is not None:
         return store, False
-    if path.exists():
-        log.warning("%s cache %s is incomplete or damaged; rebuilding it", what, path)
-        shutil.rmtree(path, ignore_errors=True)
+    lock = acquire(path, shared=False)
     try:
-        return build(), True
-    except OSError as exc:
-        log.warning("could not write the %s cache %s (%s); going on without it", what, path, exc)
-        return None, False
+        store = _usable(path, key, valid)  # built by another process while this one waited
+        built = store is None
+        if built:
+            if path.exists():
+                log.warning("%s cache %s is incomplete or damaged; rebuilding it", what, path)
+                shutil.rmtree(path, ignore_errors=True)
+            try:
+                store = build()
+            except OSError as exc:
+                log.warning("could not write the %s cache %s (%s); going on without it", what, path, exc)
+                release(lock)
+                return None, False
+    except BaseException:
+        release(lock)
+        raise
+    store._lock = lock.downgrade() if lock is not None else acquire(path, shared=True)  # now reading it
+    mark_used(path / STORE_FILE)
+    return store, built
+
+
+def _usable(path: Path, key: str, valid: Callable[[ArrayStore], bool] | None) -> ArrayStore | None:
+    store = ArrayStore.open(path, key)
+    return store if store is not None and (valid is None or valid(store)) else None
+
+
+def _open_in_use(path: Path, key: str, valid: Callable[[ArrayStore], bool] | None) -> ArrayStore | None:
+    """The valid store at `path`, marked used and held with a shared lock; else None."""
+    lock = acquire(path, shared=True)
+    store = _usable(path, key, valid)
+    if store is None:
+        release(lock)
+        return None
+    store._lock = lock
+    mark_used(path / STORE_FILE)
+    return store

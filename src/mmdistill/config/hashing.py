@@ -15,7 +15,8 @@ import json
 from typing import Any
 
 # Where a run is written and how it talks, not what it computes.
-NOT_RESULTS = ("sweep", "output_dir", "experiment_name", "logging", "cache.dir", "cache.text", "cache.baseline")
+NOT_RESULTS = ("sweep", "output_dir", "experiment_name", "logging", "cache.dir", "cache.text", "cache.baseline",
+               "training.last_checkpoint_budget")
 # Read only by the student and baseline stages (and what happens after them).
 STUDENT_ONLY = ("student", "objective.preset", "objective.overrides", "objective.terms", "training.student",
                 "training.baseline", "compress",
@@ -76,3 +77,38 @@ def baseline_hash(config: Any) -> str:
     for key in NOT_BASELINE:
         _drop(tree, key)
     return _digest(tree)
+
+
+def file_digest(path: Any) -> str | None:
+    """sha256 of a file's bytes (None when it is missing): what a checkpoint *is*, where its
+    path only says where it was."""
+    try:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()[:24]
+    except OSError:
+        return None
+
+
+def run_identity(config: Any, data_signature: str | None = None) -> dict[str, Any]:
+    """What makes a run directory the same run: the config (`config_hash`), the data it reads
+    (a corrected label file is another run), the content of the teacher checkpoint it loads (a
+    retrained teacher at the same path is another run), and the mmdistill version. A re-run
+    with the same identity resumes; another one is refused unless --overwrite."""
+    from mmdistill import __version__
+
+    checkpoint = config.teacher.checkpoint
+    return {"config": config_hash(config), "data": data_signature,
+            "teacher_checkpoint": file_digest(checkpoint) if checkpoint is not None else None,
+            "mmdistill": __version__}
+
+
+def differing_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config trees (for the error that refuses a
+    changed config in an existing run directory)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = list(dict.fromkeys([*old, *new]))
+        return [k for key in keys for k in differing_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".")]

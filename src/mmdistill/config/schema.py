@@ -470,12 +470,42 @@ class TrainingSpec(Strict):
     devices: Union[int, str] = 1
     precision: Literal["32-true", "16-mixed", "bf16-mixed"] = "32-true"
     deterministic: bool = True
+    last_checkpoint_budget: float = Field(0.05, ge=0, le=1, description=(
+        "the share of a stage's training time its last checkpoint (what a killed run resumes from) may cost; "
+        "0: keep none (train/resume.py)"))
+
+
+class MlflowSpec(Strict):
+    """Where MLflow runs go (mmdistill/tracking/mlflow.py)."""
+
+    tracking_uri: Optional[str] = Field(None, description="default: a local store, <output_dir>/mlruns; "
+                                        "sqlite:///..., http://server:5000 or databricks work too")
+    experiment: Optional[str] = Field(None, description="MLflow experiment name; default: experiment_name")
+    parent_run_id: Optional[str] = Field(None, description="nest this run's MLflow run under that run "
+                                         "(a sweep sets it to its own run)")
+
+
+class WandbSpec(Strict):
+    """Where W&B runs go (mmdistill/tracking/wandb.py)."""
+
+    mode: Literal["offline", "online", "disabled"] = Field(
+        "offline", description="offline (default) writes under the run directory and needs no network; "
+                               "upload later with `wandb sync`")
+    project: Optional[str] = Field(None, description="default: experiment_name")
+    entity: Optional[str] = None
 
 
 class LoggingSpec(Strict):
     progress_bar: bool = True
     plots: bool = True
     log_every_n_steps: int = Field(10, ge=1)
+    trackers: list[str] = Field(default_factory=lambda: ["csv"], description=(
+        "where epoch metrics, the config, final results and plots go: csv (metrics.csv, always written), "
+        "tensorboard, mlflow, wandb (mmdistill/tracking/)"))
+    tags: dict[str, str] = Field(default_factory=dict, description="tags put on the run in every tracker "
+                                 "(a sweep adds variant and seed)")
+    mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
+    wandb: WandbSpec = Field(default_factory=WandbSpec)
 
 
 COMPRESS_METHODS = ("prune_unstructured", "prune_structured", "int8_dynamic", "int8_static", "onnx")
@@ -641,8 +671,17 @@ class CacheSpec(Strict):
                                              "KD objective (a sweep over loss variants)")
 
 
+def _plain_name(value: str) -> str:
+    """A run directory is `output_dir/experiment_name`, and `--overwrite` deletes it: the name
+    must be one plain path component, or an empty or `..` name would point at the output
+    directory itself (every run and the shared cache) or anywhere else."""
+    if not value or value in (".", "..") or "/" in value or "\\" in value or value != value.strip():
+        raise ValueError(f"must be one plain, non-empty folder name (no '/', not '.' or '..'), got {value!r}")
+    return value
+
+
 class ExperimentConfig(Strict):
-    experiment_name: str
+    experiment_name: Annotated[str, AfterValidator(_plain_name)]
     seed: int = 42
     output_dir: Path = Path("runs")
     data: DataSpec

@@ -49,8 +49,9 @@ class CRD(FeatureTerm):
         self.embed_s = nn.Linear(student.feature_dim(params.student), params.feat_dim)
         self.embed_t = nn.Linear(teacher.feature_dim(params.teacher), params.feat_dim)
         self.n_data: int | None = None
-        self.register_buffer("memory_s", None, persistent=False)
-        self.register_buffer("memory_t", None, persistent=False)
+        # persistent: a stage resumed from its last checkpoint continues with the banks it had
+        self.register_buffer("memory_s", None)
+        self.register_buffer("memory_t", None)
 
     def set_dataset_size(self, n: int) -> None:
         """Size (and randomly initialise) both memory banks for a train split of n samples."""

@@ -14,6 +14,7 @@ from mmdistill.models.net import MultiModalNet
 from mmdistill.models.precomputed import PrecomputedTeacher
 from mmdistill.run.directory import RunDirectory
 from mmdistill.train.fit import StageResult
+from mmdistill.tracking import RunTrackers
 from mmdistill.train.recorder import MetricsLog
 
 
@@ -25,12 +26,15 @@ class RunContext:
     log: MetricsLog
     teacher: MultiModalNet | PrecomputedTeacher
     teacher_only: bool = False
+    resumed: bool = False  # the directory held this run already (a re-run after an interruption)
+    data_signature: str = ""  # every record the run reads (cache/keys.data_signature), computed once
     student: MultiModalNet | None = None
     # stage name -> its dev/test metrics, in the order the stages ran
     stages: dict[str, StageResult] = field(default_factory=dict)
     # results.json as it accumulates; the report stage completes and writes it
     results: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    trackers: RunTrackers = field(default_factory=RunTrackers)  # logging.trackers (tracking/)
 
     @property
     def precomputed(self) -> PrecomputedTeacher | None:

@@ -25,6 +25,22 @@ from mmdistill.config.schema import SweepExecutorSpec
 from mmdistill.registry import Registry
 from mmdistill.sweep.jobs import Job, Outcome, error_line, execute_job
 
+class RequeueingJob:
+    """A sweep job on a SLURM node that survives preemption and its time limit: before SLURM
+    stops it, submitit signals the job (`--signal=USR2@90` in the sbatch script) and calls
+    `checkpoint`, which asks for the same job to be queued again; when it starts again,
+    `run_experiment` finds its run directory and resumes it (finished stages from their
+    records, the interrupted one from its last checkpoint)."""
+
+    def __call__(self, job: Job) -> Outcome:
+        return execute_job(job)
+
+    def checkpoint(self, job: Job) -> Any:
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self, job)
+
+
 OnStart = Callable[[Job], None]
 OnDone = Callable[[Job, Outcome], None]
 
@@ -136,7 +152,7 @@ class SlurmExecutor:
 
     def submit(self, jobs: list[Job]) -> list:
         """One array job for all `jobs` (a single job is submitted alone)."""
-        return self.executor().map_array(execute_job, jobs)
+        return self.executor().map_array(RequeueingJob(), jobs)
 
     def run(self, jobs: list[Job], on_start: OnStart, on_done: OnDone) -> list[Outcome]:
         from submitit.helpers import as_completed as jobs_completed

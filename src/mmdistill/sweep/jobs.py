@@ -34,9 +34,20 @@ class Job:
         try:
             results = json.loads((Path(self.run_dir) / "results.json").read_text())
             return results.get("config_hash") == self.expected_hash and (
-                self.expected_data is None or results.get("data_signature") == self.expected_data)
+                self.expected_data is None or results.get("data_signature") == self.expected_data) \
+                and self._same_code_and_teacher(results.get("identity") or {})
         except (OSError, ValueError, AttributeError):
             return False
+
+    def _same_code_and_teacher(self, identity: dict[str, Any]) -> bool:
+        """The run was made by this mmdistill, from the teacher checkpoint as it is now (its
+        content: a shared teacher trained again at the same path makes its runs stale)."""
+        from mmdistill import __version__
+        from mmdistill.config.hashing import file_digest
+
+        checkpoint = (self.config.get("teacher") or {}).get("checkpoint")
+        return identity.get("mmdistill") == __version__ and (
+            checkpoint is None or identity.get("teacher_checkpoint") == file_digest(checkpoint))
 
 
 @dataclass
@@ -77,7 +88,9 @@ def execute_job(job: Job) -> Outcome:
         from mmdistill.run.experiment import run_experiment
 
         config = checked_config(job.config, job.label)
-        results = run_experiment(config, overwrite=True, run_dir=run_dir, teacher_only=job.kind == "teacher")
+        # the plan's config, so a directory of another config is replaced, and one of this config
+        # (a job killed by preemption or a timeout) resumes where it stopped
+        results = run_experiment(config, run_dir=run_dir, teacher_only=job.kind == "teacher", replace_changed=True)
         return Outcome(job.label, True, time.perf_counter() - start, summary=_summary(job.kind, results))
     except Exception as exc:  # noqa: BLE001 - one failed run must not stop the others
         line = error_line(exc)

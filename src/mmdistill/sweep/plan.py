@@ -145,6 +145,9 @@ def make_plan(path: str | Path, overrides: Iterable[str] = (), check_runtime: bo
             tree["seed"] = seed
             if hide_bars:
                 tree["logging"]["progress_bar"] = False
+            # what trackers file the run under (logging is outside every hash: tags change no identity)
+            tags = {**tree["logging"]["tags"], "sweep": plan.experiment, "seed": str(seed)}
+            tree["logging"]["tags"] = {**tags, "variant": variant.name}
             run_dir = sweep_dir / variant.name / f"seed_{seed}"
             data_signature = signatures.get(_data_key(config))
             teacher_dir = None
@@ -153,7 +156,9 @@ def make_plan(path: str | Path, overrides: Iterable[str] = (), check_runtime: bo
                 key = (teacher_key(seeded), seed)
                 if key not in teachers:
                     tdir = sweep_dir / TEACHERS_DIR / key[0] / f"seed_{seed}"
-                    teachers[key] = Job("teacher", f"teacher {key[0][:8]} seed {seed}", str(tdir), copy.deepcopy(tree),
+                    teacher_tree = copy.deepcopy(tree)
+                    teacher_tree["logging"]["tags"] = {**tags, "variant": "shared teacher"}
+                    teachers[key] = Job("teacher", f"teacher {key[0][:8]} seed {seed}", str(tdir), teacher_tree,
                                         teacher_hash(seeded), seed=seed, expected_data=data_signature)
                 teacher_dir = teachers[key].run_dir
                 teachers[key].dependents.append(str(run_dir))

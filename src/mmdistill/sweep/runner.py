@@ -20,6 +20,7 @@ from mmdistill.sweep.aggregate import AGGREGATED, BEST_CONFIG, MANIFEST
 from mmdistill.sweep.executors import EXECUTORS, SlurmExecutor, build_executor
 from mmdistill.sweep.jobs import Job, Outcome
 from mmdistill.sweep.plan import TEACHER_FILE, SweepPlan, make_plan
+from mmdistill.tracking.sweep import SweepTracking
 
 
 class SweepLog:
@@ -76,6 +77,7 @@ def run_sweep(path: str | Path, overrides: Iterable[str] = (), dry_run: bool = F
     plan.sweep_dir.mkdir(parents=True, exist_ok=True)
     log.path = plan.sweep_dir / "sweep.log"
     write_json_atomic(plan.sweep_dir / MANIFEST, plan.manifest())
+    tracking = SweepTracking.open(plan.sweep_dir, plan.experiment, plan.teachers + plan.runs)
     failures: list[Outcome] = []
     try:
         failed_teachers = _train_teachers(executor, teachers, log, failures)
@@ -91,6 +93,8 @@ def run_sweep(path: str | Path, overrides: Iterable[str] = (), dry_run: bool = F
         _run(executor, runnable, log, failures)
     except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C during fit into sys.exit(1)
         log("interrupted: finished runs are kept; run the same command again to resume the sweep")
+        if tracking is not None:
+            tracking.finish(plan.sweep_dir, "killed")
         return 130
 
     ran = len(todo) - sum(1 for f in failures if f.label in {j.label for j in todo})
@@ -98,6 +102,8 @@ def run_sweep(path: str | Path, overrides: Iterable[str] = (), dry_run: bool = F
         f"{len(finished)} skipped as finished, {len(failures)} failed")
     if report:
         _report(plan, log)
+    if tracking is not None:
+        tracking.finish(plan.sweep_dir, "failed" if failures else "success")
     if failures:
         log(f"FAILED ({len(failures)}):")
         for outcome in failures:

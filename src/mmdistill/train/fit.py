@@ -24,8 +24,11 @@ from mmdistill.models.checkpoints import load_start_weights, load_weights
 from mmdistill.models.net import MultiModalNet
 from mmdistill.train.module import OutputCollector, StageModule
 from mmdistill.train.recorder import EpochRecorder, MetricsLog
+from mmdistill.train.resume import LastCheckpoint, ResumeState, checkpoint_epoch
 from mmdistill.train.teachers import FrozenTeacher, dev_teacher_source, teacher_source
 from mmdistill.train.warmup import BackboneWarmup
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -86,7 +89,7 @@ def evaluate_model(model: MultiModalNet, data: DataBundle, split: str, batch_siz
 
 def train_stage(name: str, config: ExperimentConfig, stage: StageTraining, model: MultiModalNet, objective: Objective,
                 data: DataBundle, log: MetricsLog, best_path: Path, teacher: MultiModalNet | nn.Module | None = None,
-                views: int | None = None) -> StageResult:
+                views: int | None = None, last_path: Path | None = None) -> StageResult:
     """Fit `model` with early stopping on dev, reload its best weights, evaluate dev and test.
 
     The best epoch and early stopping follow `stage.monitor` (`config/monitor.py`); with
@@ -96,7 +99,8 @@ def train_stage(name: str, config: ExperimentConfig, stage: StageTraining, model
     With a `teacher` and an objective that reads it, the teacher's outputs come from the cache
     (built first if needed) or, with `cache.teacher: false`, from running it every step.
     `views`: the train split's augmented views per sample the stage cycles through, None for a
-    fresh one every epoch (`data/views.py`).
+    fresh one every epoch (`data/views.py`). `last_path`: where the stage keeps its last
+    checkpoint (`train/resume.py`); when one is there, the stage continues from it.
     """
     start = time.perf_counter()
     if isinstance(teacher, MultiModalNet):
@@ -119,15 +123,27 @@ def train_stage(name: str, config: ExperimentConfig, stage: StageTraining, model
         callbacks.append(ModelCheckpoint(dirpath=best_path.parent / f"{name}_epochs", filename="epoch{epoch_index:03.0f}",
                                          auto_insert_metric_name=False, monitor="epoch_index", mode="max",
                                          save_top_k=stage.keep_last, every_n_epochs=stage.save_every))
-    trainer = make_trainer(config, stage, callbacks)
     workers = config.data.num_workers
     train_loader = data.loader("train", stage.batch_size, shuffle=True, seed=config.seed, num_workers=workers,
                                balance_task=stage.weighted_sampling, views=views,
                                modalities=reads)
+    ckpt_path = stage.resume_from
+    log.drop_stage(name)  # a previous attempt's rows; a checkpoint resumed from brings its own back
+    if last_path is not None:
+        budget = config.training.last_checkpoint_budget
+        callbacks += [LastCheckpoint(last_path, budget)] if budget > 0 else []
+        callbacks.append(ResumeState(train_loader))
+        done = checkpoint_epoch(last_path) if ckpt_path is None and last_path.is_file() else None
+        if done is not None:
+            ckpt_path = last_path
+            logger.warning("resuming the %s stage after epoch %d, from %s", name, done, last_path)
+    elif ckpt_path is not None:
+        callbacks.append(ResumeState(train_loader))
+    trainer = make_trainer(config, stage, callbacks)
     trainer.fit(module, train_loader,
                 data.loader("dev", stage.batch_size, shuffle=False, seed=config.seed, num_workers=workers,
                             modalities=set(model.modalities)),
-                ckpt_path=stage.resume_from, weights_only=True)
+                ckpt_path=ckpt_path, weights_only=True)
     model.cpu()
     load_weights(model, best_path, f"{name} best checkpoint")
     dev = evaluate_model(model, data, "dev", stage.batch_size)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
 
@@ -24,12 +25,37 @@ class MetricsLog:
 
     FIRST = ["stage", "epoch", "train_loss", "dev_score", "dev_loss", "dev_accuracy"]
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, on_row: Callable[[dict[str, Any]], None] | None = None):
         self.path = path
         self.rows: list[dict[str, Any]] = []
+        self.on_row = on_row  # told each new row (the run's experiment trackers, tracking/)
+
+    @classmethod
+    def resume(cls, path: Path, on_row: Callable[[dict[str, Any]], None] | None = None) -> "MetricsLog":
+        """The log of a run directory being resumed: its rows so far, read back."""
+        log = cls(path, on_row)
+        if path.is_file():
+            with path.open(newline="") as fh:
+                log.rows = [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+        return log
 
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
+        self.write()
+        if self.on_row is not None:
+            self.on_row(row)
+
+    def drop_stage(self, stage: str) -> None:
+        """Forget a stage's rows (it starts again, or its resumed state brings them back)."""
+        if any(r["stage"] == stage for r in self.rows):
+            self.rows = [r for r in self.rows if r["stage"] != stage]
+            self.write()
+
+    def replace_stage(self, stage: str, rows: list[dict[str, Any]]) -> None:
+        self.rows = [r for r in self.rows if r["stage"] != stage] + [dict(r) for r in rows]
+        self.write()
+
+    def write(self) -> None:
         columns = list(self.FIRST)
         for r in self.rows:
             columns += [k for k in r if k not in columns]
@@ -54,6 +80,20 @@ class EpochRecorder(L.Callback):
         self.best_epoch = -1
         self.best_dev: dict[str, Any] | None = None
         self._t0 = time.perf_counter()
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed stage needs to keep what was best, and its rows so far (a checkpoint
+        resumed in another run directory brings them along)."""
+        return {"best_value": self.best_value, "best_epoch": self.best_epoch, "best_dev": json.dumps(self.best_dev),
+                "rows": json.dumps([r for r in self.metrics_log.rows if r["stage"] == self.stage])}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.metrics_log.replace_stage(self.stage, json.loads(state["rows"]))
+        if self.best_path.is_file():  # resumed in its own run directory, whose best weights are there
+            self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
+            self.best_dev = json.loads(state["best_dev"])
+        # else (a checkpoint from another run directory) the best is chosen among the epochs trained
+        # here, whose weights this directory will hold
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._t0 = time.perf_counter()

@@ -54,4 +54,4 @@ class BaselineStage(Stage):
         baseline = build_model(run.config, "student", run.data)
         settings = run.config.training.student.model_copy(update={"resume_from": None})  # that is the KD student's
         return fit.train_stage(self.name, run.config, settings, baseline, run.supervised(baseline), run.data, run.log,
-                               run.dir.checkpoint(self.name))
+                               run.dir.checkpoint(self.name), last_path=run.dir.last_checkpoint(self.name))

@@ -17,3 +17,12 @@ class CompressStage(Stage):
 
     def run(self, run: RunContext) -> None:
         run.results = compress_run(run.dir.path, config=run.config, data=run.data)
+
+    def finished(self, run: RunContext) -> dict | None:
+        return {} if "compressed" in run.results else None
+
+    def run_and_record(self, run: RunContext) -> None:
+        self.run(run)  # results.json's `compressed` entry is its record
+
+    def restore(self, run: RunContext, record: dict) -> None:
+        pass

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from mmdistill.cache.keys import data_signature
 from mmdistill.config.hashing import config_hash, teacher_hash
 from mmdistill.data.stats import image_stats
 from mmdistill.eval.embeddings import write_run_plots
@@ -34,6 +33,25 @@ def stage_entry(result: StageResult) -> dict[str, Any]:
 
 class ReportStage(Stage):
     name = "report"
+
+    def finished(self, run: RunContext) -> dict | None:
+        """results.json, when it is this run's (an older config's or data's is written again)."""
+        results = run.dir.results_if_finished()
+        if results is None or results.get("config_hash") != self._config_hash(run) \
+                or results.get("data_signature") != run.data_signature:
+            return None
+        return {"results": results}
+
+    @staticmethod
+    def _config_hash(run: RunContext) -> str:
+        # what a sweep compares to decide whether this run is finished (config/hashing.py)
+        return teacher_hash(run.config) if run.teacher_only else config_hash(run.config)
+
+    def run_and_record(self, run: RunContext) -> None:
+        self.run(run)  # results.json is its record
+
+    def restore(self, run: RunContext, record: dict) -> None:
+        run.results = record["results"]
 
     def run(self, run: RunContext) -> None:
         config, results = run.config, run.results
@@ -58,11 +76,11 @@ class ReportStage(Stage):
                 stats[name]["levels"] = levels
         results["image_stats"] = stats
         results["embedding_dims"] = dict(run.data.embedding_dims)
-        results["data_signature"] = data_signature(config, run.data)  # a sweep re-runs this run when its data changes
+        results["data_signature"] = run.data_signature  # a sweep re-runs this run when its data changes
         if config.logging.plots and is_writer():
             self._plots(run)
-        # what a sweep compares to decide whether this run is finished (config/hashing.py)
-        results["config_hash"] = teacher_hash(config) if run.teacher_only else config_hash(config)
+        results["config_hash"] = self._config_hash(run)
+        results["identity"] = run.dir.identity  # the teacher checkpoint's content and the version, too
         run.dir.write_results(results)
 
     @staticmethod

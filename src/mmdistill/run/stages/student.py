@@ -3,7 +3,7 @@ distillation terms), its teacher outputs read from the teacher-output cache or t
 live. With a precomputed teacher, the student's representation is probed as the teacher's was.
 
 Reads: the teacher (trained, loaded or precomputed). Writes:
-checkpoints/student_best.safetensors, its metrics.csv rows.
+checkpoints/student_best.safetensors (student_last.ckpt while it trains), its metrics.csv rows.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from mmdistill.eval.embeddings import collect_features
 from mmdistill.eval.probe import probe_splits
 from mmdistill.losses.objective import student_objective
 from mmdistill.models.build import build_model
+from mmdistill.models.checkpoints import load_weights
 from mmdistill.run.context import RunContext
 from mmdistill.run.stages import Stage
 from mmdistill.train import fit
@@ -42,10 +43,17 @@ class StudentStage(Stage):
                         views, views, config.training.student.epochs)
         run.stages[self.name] = fit.train_stage(self.name, config, config.training.student, student, objective, data,
                                                 run.log, run.dir.checkpoint(self.name), teacher=run.teacher,
-                                                views=views)
+                                                views=views, last_path=run.dir.last_checkpoint(self.name))
         run.student = student
         if run.precomputed is not None:  # the student's representation, scored as the teacher's was
             ref = next((r for t in objective.terms for role, r in t.features() if role == "student"), "fused")
             features = {s: collect_features(student, data, s, config.training.student.batch_size, ref)[0]
                         for s in data.datasets}
             run.results["probe"]["student"] = {"feature": ref, **probe_splits(features, data, config.seed)}
+
+    def restore(self, run: RunContext, record: dict) -> None:
+        """The record, and the student's best weights for the report and compress stages."""
+        super().restore(run, record)
+        L.seed_everything(run.config.seed, workers=True, verbose=False)
+        run.student = build_model(run.config, "student", run.data)
+        load_weights(run.student, run.dir.checkpoint(self.name), "student checkpoint")

@@ -2,13 +2,16 @@
 only scored, or, when it is precomputed embeddings (seed 003), scored by linear and k-NN probes.
 
 Reads: the config's teacher, the data. Writes: checkpoints/teacher_best.safetensors (when it
-trains), its metrics.csv rows; the teacher's dev/test scores go to the score cache.
+trains; teacher_last.ckpt while it does), its metrics.csv rows; the teacher's dev/test scores
+go to the score cache. Its training is reseeded, so a teacher trained here is the one a sweep's
+shared-teacher job trains, whatever student was built before it.
 """
 
 from __future__ import annotations
 
 import time
 
+import lightning as L
 import numpy as np
 
 from mmdistill.cache.teacher_scores import read_teacher_scores, store_teacher_scores
@@ -36,12 +39,21 @@ class TeacherStage(Stage):
             run.stages[self.name] = self._evaluate(run)
             run.results["teacher_checkpoint"] = str(config.teacher.checkpoint)
         else:
+            L.seed_everything(config.seed, workers=True, verbose=False)  # whatever was built before it
             result = fit.train_stage(self.name, config, config.training.teacher, teacher, run.supervised(teacher),
-                                     run.data, run.log, run.dir.checkpoint(self.name), views=None)
+                                     run.data, run.log, run.dir.checkpoint(self.name), views=None,
+                                     last_path=run.dir.last_checkpoint(self.name))
             # what evaluating the loaded checkpoint gives: no dev loss, which is the training stage's
             scores = {k: v for k, v in result.dev.items() if k != "loss"}
             store_teacher_scores(config, teacher, run.data, scores, result.test)
             run.stages[self.name] = result
+
+    def restore(self, run: RunContext, record: dict) -> None:
+        """The record, and the teacher's weights for the stages that read it."""
+        super().restore(run, record)
+        if run.precomputed is None:
+            checkpoint = run.config.teacher.checkpoint or run.dir.checkpoint(self.name)
+            load_weights(run.teacher, checkpoint, "teacher checkpoint")
 
     @staticmethod
     def _evaluate(run: RunContext) -> StageResult:

@@ -1,0 +1,123 @@
+"""A killed run picks up where it stopped: finished stages are read back, the interrupted one
+continues from its last checkpoint, and the results equal those of a run never interrupted."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import tiny_config, write_config
+from mmdistill.cli import main
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+
+
+def _config(demo_root, out):
+    raw = tiny_config(demo_root, out)
+    raw["training"]["teacher"].update(epochs=5, patience=None)
+    raw["training"]["student"].update(epochs=5, patience=None)
+    raw["logging"]["plots"] = False
+    return raw
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(demo_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole")
+    path = write_config(out / "c.yaml", _config(demo_root, out / "runs"))
+    assert main(["run", str(path)]) == 0
+    return json.loads((out / "runs" / "tiny" / "results.json").read_text())
+
+
+def _run(path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mmdistill", "run", str(path), "--set", "logging.progress_bar=false"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _kill_when(proc: subprocess.Popen, path, timeout: float = 300) -> None:
+    """SIGKILL the run as soon as `path` appears (a stage's last checkpoint: mid-stage)."""
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "the checkpoint never appeared"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _metrics(results):
+    return {role: {split: results[role][split] for split in ("dev", "test")} for role in ("teacher", "student", "baseline")}
+
+
+def _close(a, b, path=""):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            _close(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, float):
+        assert b == pytest.approx(a, abs=1e-6), path
+    else:
+        assert a == b, path
+
+
+@pytest.mark.parametrize("stage", ["teacher", "student"])
+def test_a_run_killed_mid_stage_resumes_and_ends_as_if_never_killed(demo_root, tmp_path, uninterrupted, stage):
+    path = write_config(tmp_path / "c.yaml", _config(demo_root, tmp_path / "runs"))
+    run_dir = tmp_path / "runs" / "tiny"
+    proc = _run(path)
+    _kill_when(proc, run_dir / "checkpoints" / f"{stage}_last.ckpt")
+    assert not (run_dir / "results.json").exists()
+    teacher_before = (run_dir / "checkpoints" / "teacher_best.safetensors").stat().st_mtime_ns \
+        if stage == "student" else None
+
+    again = _run(path)
+    out, err = again.communicate()
+    assert again.returncode == 0, err
+    assert f"resuming the {stage} stage after epoch " in err  # said on the terminal
+    resumed_after = int(err.split(f"resuming the {stage} stage after epoch ")[1].split(",")[0])
+    assert 1 <= resumed_after < 5  # from its last checkpoint, not from epoch 0
+    if stage == "student":  # the teacher was not trained again
+        assert "the teacher stage finished earlier" in err
+        assert (run_dir / "checkpoints" / "teacher_best.safetensors").stat().st_mtime_ns == teacher_before
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows if r["stage"] == stage] == ["1", "2", "3", "4", "5"]  # no epoch lost or doubled
+    _close(_metrics(uninterrupted), _metrics(json.loads((run_dir / "results.json").read_text())))
+    assert not list((run_dir / "checkpoints").glob("*_last.ckpt"))  # finished stages keep their records instead
+
+
+def test_a_finished_run_is_not_run_again_and_another_config_is_refused(demo_root, tmp_path, capsys):
+    path = write_config(tmp_path / "c.yaml", _config(demo_root, tmp_path / "runs"))
+    assert main(["run", str(path)]) == 0
+    run_dir = tmp_path / "runs" / "tiny"
+    before = (run_dir / "results.json").read_bytes()
+    capsys.readouterr()
+    assert main(["run", str(path)]) == 0  # the same command again: nothing to do
+    assert (run_dir / "results.json").read_bytes() == before
+    assert main(["run", str(path), "--set", "training.student.lr=0.01", "--set", "seed=3"]) == 2
+    err = capsys.readouterr().err
+    assert "seed, training.student.lr differ" in err and "--overwrite" in err
+    assert (run_dir / "results.json").read_bytes() == before
+
+
+def test_overwrite_deletes_only_a_run(demo_root, tmp_path, capsys):
+    raw = _config(demo_root, tmp_path / "out")
+    raw["experiment_name"] = "precious"
+    (tmp_path / "out" / "precious").mkdir(parents=True)
+    (tmp_path / "out" / "precious" / "thesis.tex").write_text("years of work")
+    assert main(["run", str(write_config(tmp_path / "c.yaml", raw)), "--overwrite"]) == 2
+    assert "not an mmdistill run directory" in capsys.readouterr().err
+    assert (tmp_path / "out" / "precious" / "thesis.tex").read_text() == "years of work"
+    for name in ("", "..", "a/b"):
+        assert main(["run", str(path_of(tmp_path, raw, name)), "--overwrite"]) == 2
+        assert "experiment_name: must be one plain, non-empty folder name" in capsys.readouterr().err
+    assert (tmp_path / "out" / "precious" / "thesis.tex").exists()
+
+
+def path_of(tmp_path, raw, name):
+    return write_config(tmp_path / "n.yaml", {**raw, "experiment_name": name})
