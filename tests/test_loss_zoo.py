@@ -255,6 +255,23 @@ def test_relational_terms_match_numpy_and_have_gradients(cls, params, reference)
     assert _grad_ok(student.fused)
 
 
+@pytest.mark.parametrize("cls", [ContrastiveDistance, RelationalKD, MaximumMeanDiscrepancy])
+def test_distance_terms_under_bf16_autocast_compute_what_float32_computes(cls):
+    """Close samples far from the origin: a bf16 matmul turns their distances into rounding
+    noise, so a term computing them under mixed precision would match noise."""
+    gen = torch.Generator().manual_seed(0)
+    centre_s, centre_t = 20 * torch.randn(1, 16, generator=gen), 20 * torch.randn(1, 16, generator=gen)
+    hs = centre_s + 0.05 * torch.randn(8, 16, generator=gen)
+    ht = centre_t + 0.05 * torch.randn(8, 16, generator=gen)
+    params = MMDParams(sigmas=[0.05, 0.1]) if cls is MaximumMeanDiscrepancy else None
+    term = (cls(params, [MC], _Dims(16), _Dims(16)) if params else _relational(cls))
+    out = lambda h: ModelOutput(logits={"m": torch.zeros(8, 3)}, fused=h)
+    exact = term(out(hs), out(ht), _batch()).item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = term(out(hs), out(ht), _batch()).item()
+    assert exact > 1e-3 and mixed == pytest.approx(exact, rel=1e-5)
+
+
 @pytest.mark.parametrize("cls", [ContrastiveDistance, ProbabilisticKT, SimilarityPreserving, RelationalKD])
 def test_relational_terms_are_invariant_to_scaling_student_features(cls):
     term = _relational(cls)

@@ -110,3 +110,24 @@ def test_debug_executor_runs_the_jobs_and_a_failing_run_does_not_stop_the_others
     assert main(["sweep", str(path), "--no-report"]) == 1
     out = capsys.readouterr().out
     assert "1 run(s) already finished (skipped), 1 to run" in out and "training teacher" not in out
+
+
+def test_runs_on_several_devices_get_one_process_per_device_from_srun(demo_root, tmp_path, capsys):
+    raw = tiny_config(demo_root, tmp_path / "runs")
+    raw["training"].update(accelerator="cpu", devices=2, num_nodes=2)
+    raw["sweep"] = {"grid": {"objective.preset": ["kd"]}, "seeds": [1],
+                    "executor": {**SPEC, "nodes": 2, "tasks_per_node": 2}}
+    assert main(["sweep", str(write_config(tmp_path / "s.yaml", raw)), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "#SBATCH --nodes=2" in out and "#SBATCH --ntasks-per-node=2" in out
+
+
+def test_runs_on_several_devices_are_refused_where_nothing_starts_their_processes(demo_root, tmp_path, capsys):
+    raw = tiny_config(demo_root, tmp_path / "runs")
+    raw["training"].update(accelerator="cpu", devices=2)
+    for executor, expected in (({"type": "local"}, "needs several processes per run"),
+                               ({**SPEC, "tasks_per_node": 4}, "must match sweep.executor.tasks_per_node=4")):
+        raw["sweep"] = {"grid": {"objective.preset": ["kd"]}, "seeds": [1], "executor": executor}
+        assert main(["sweep", str(write_config(tmp_path / "s.yaml", raw)), "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert "training.devices=2" in err and expected in err, err

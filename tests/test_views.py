@@ -9,7 +9,7 @@ import logging
 import torch
 
 from conftest import tiny_config
-from mmdistill.cache.teacher_outputs import teacher_device
+from mmdistill.distributed import compute_device as teacher_device
 from mmdistill.config.schema import ExperimentConfig
 from mmdistill.data.dataset import load_data
 from mmdistill.data.views import cached_views, student_views

@@ -31,6 +31,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from mmdistill.distributed import is_writer
     from mmdistill.preflight import load_config
     from mmdistill.run.experiment import run_experiment, summary_table
 
@@ -40,8 +41,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         config = smoke_config(config)
     results = run_experiment(config, overwrite=args.overwrite)
-    print(summary_table(results))
-    print(f"results: {config.run_dir / 'results.json'}")
+    if is_writer():  # under DDP every rank ran the command; one reports
+        print(summary_table(results))
+        print(f"results: {config.run_dir / 'results.json'}")
     return 0
 
 

@@ -9,6 +9,8 @@ import os
 import sys
 import warnings
 
+from mmdistill.distributed import is_writer
+
 
 def prepare_process() -> None:
     """Offline hub, quiet libraries, and mmdistill's own messages (a reused cache, a resumed
@@ -27,7 +29,8 @@ def prepare_process() -> None:
         handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         ours.addHandler(handler)
-        ours.setLevel(logging.INFO)
+        # under DDP every rank runs the command: rank 0 says what happens, the others only warn
+        ours.setLevel(logging.INFO if is_writer() else logging.WARNING)
 
 
 class _Stderr(logging.StreamHandler):

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from mmdistill.cache import kind_dir
 from mmdistill.cache.keys import baseline_key
 from mmdistill.cache.store import mark_used
+from mmdistill.distributed import barrier, broadcast, is_writer
 from mmdistill.io import atomic_path
 
 if TYPE_CHECKING:
@@ -61,7 +62,19 @@ def _read(entry: Path, key: str) -> dict | None:
 def copy_baseline(entry: Path, key: str, best_path: Path) -> dict[str, Any] | None:
     """The baseline stored under (`entry`, `key`), its weights copied to `best_path`:
     {"dev", "test", "best_epoch", "rows", "entry"}; None when the cache has none (or it was
-    pruned by `mmdistill cache` between the check and the copy)."""
+    pruned by `mmdistill cache` between the check and the copy). Under DDP rank 0 looks and
+    copies, and every rank takes its answer: ranks that disagreed would train alone."""
+    found = None
+    if is_writer():
+        found = _copy(entry, key, best_path)
+    found = broadcast(found)
+    barrier()  # the other ranks may read the copy
+    if found is not None:
+        log.info("baseline student reused from %s (same student, data and seed)", entry)
+    return found
+
+
+def _copy(entry: Path, key: str, best_path: Path) -> dict[str, Any] | None:
     stored = _read(entry, key)
     if stored is None:
         return None
@@ -71,7 +84,6 @@ def copy_baseline(entry: Path, key: str, best_path: Path) -> dict[str, Any] | No
             shutil.copyfile(entry / WEIGHTS_FILE, tmp)
     except FileNotFoundError:
         return None
-    log.info("baseline student reused from %s (same student, data and seed)", entry)
     return {**stored, "entry": str(entry)}
 
 
@@ -79,6 +91,8 @@ def store_baseline(entry: Path, key: str, result: dict[str, Any], rows: list[dic
     """Keep a freshly trained baseline (`result`: dev, test, best_epoch, seconds; its metrics.csv
     `rows`; its best `weights`) for later runs with the same key. Another run that stored the
     same baseline first keeps its entry, which a third run may be copying right now."""
+    if not is_writer():
+        return
     tmp = entry.with_name(f".{entry.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         tmp.mkdir(parents=True)

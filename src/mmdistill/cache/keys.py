@@ -158,7 +158,15 @@ def teacher_outputs_key(config: "ExperimentConfig", teacher: nn.Module, data: "D
     h = teacher_digest(config, teacher, data, ("train",))
     h.update(json.dumps({"format": 2, "views": views, **view_settings(config), "fields": fields,
                          "dtype": config.cache.teacher_dtype}, sort_keys=True, default=str).encode())
+    _mixed_precision(h, config)
     return h.hexdigest()[:24]
+
+
+def _mixed_precision(h: Any, config: "ExperimentConfig") -> None:
+    """Outputs computed under autocast differ from fp32 ones (`distributed.autocast`): a
+    mixed-precision run keys them apart (fp32 runs keep the keys they always had)."""
+    if config.training.precision != "32-true":
+        h.update(f"precision {config.training.precision}".encode())
 
 
 def teacher_scores_key(config: "ExperimentConfig", teacher: nn.Module, data: "DataBundle") -> str:
@@ -168,6 +176,7 @@ def teacher_scores_key(config: "ExperimentConfig", teacher: nn.Module, data: "Da
     h.update(b"scores format 2")
     for split in ("dev", "test"):
         hash_records(h, data.datasets[split].records, {}, labels=True)
+    _mixed_precision(h, config)
     return h.hexdigest()[:24]
 
 

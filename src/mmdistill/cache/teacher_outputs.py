@@ -26,6 +26,7 @@ from mmdistill.cache import kind_dir
 from mmdistill.cache.keys import teacher_outputs_key
 from mmdistill.cache.store import ArrayStore, StoreWriter, open_or_build
 from mmdistill.data.views import view_batches
+from mmdistill.distributed import autocast, compute_device
 
 if TYPE_CHECKING:
     from torch import nn
@@ -46,13 +47,6 @@ def flat_outputs(out: Any, fields: list[str]) -> dict[str, torch.Tensor]:
     return flat
 
 
-def teacher_device(config: "ExperimentConfig") -> torch.device:
-    """Where a frozen teacher runs a whole-split pass: the GPU when training would use one."""
-    if config.training.accelerator != "cpu" and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 @torch.no_grad()
 def build_teacher_store(path: Path, key: str, config: "ExperimentConfig", teacher: "nn.Module", data: "DataBundle",
                         fields: list[str], views: int) -> ArrayStore:
@@ -60,7 +54,7 @@ def build_teacher_store(path: Path, key: str, config: "ExperimentConfig", teache
     dataset = data.datasets["train"].select(set(config.teacher.encoders))
     n = len(dataset)
     dtype = np.float16 if config.cache.teacher_dtype == "float16" else np.float32
-    device = teacher_device(config)
+    device = compute_device(config)
     was_training = teacher.training
     teacher.eval().to(device)
     names: dict[str, str] = {}
@@ -72,7 +66,8 @@ def build_teacher_store(path: Path, key: str, config: "ExperimentConfig", teache
                        disable=not config.logging.progress_bar)
             for batch in view_batches(dataset, views, batch_size, config.data.num_workers):
                 inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch["inputs"].items()}
-                flat = flat_outputs(teacher(inputs), fields)
+                with autocast(config, device):  # what the live teacher computes inside a training step
+                    flat = flat_outputs(teacher(inputs), fields)
                 if not names:  # declare once the shapes are known
                     for j, (name, value) in enumerate(sorted(flat.items())):
                         names[name] = f"f{j}"

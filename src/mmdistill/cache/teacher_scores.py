@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from mmdistill.cache import kind_dir
 from mmdistill.cache.keys import teacher_scores_key
 from mmdistill.cache.store import mark_used
+from mmdistill.distributed import is_writer
 from mmdistill.io import write_json_atomic
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def store_teacher_scores(config: "ExperimentConfig", teacher: "nn.Module", data:
                          dev: dict[str, Any], test: dict[str, Any]) -> None:
     """Keep the scores of a teacher just trained or evaluated (its best weights loaded), so the
     runs that load its checkpoint, as a sweep's variants do, need not evaluate it again."""
-    if not config.cache.teacher:
+    if not config.cache.teacher or not is_writer():
         return
     key = teacher_scores_key(config, teacher, data)
     try:

@@ -12,6 +12,7 @@ from mmdistill.cache.images import load_run_data
 from mmdistill.config.loading import apply_overrides, read_config_file
 from mmdistill.config.schema import CompressSpec, ExperimentConfig
 from mmdistill.data.dataset import DataBundle
+from mmdistill.distributed import one_device
 from mmdistill.errors import UserError
 from mmdistill.models.build import build_model
 from mmdistill.models.checkpoints import load_weights
@@ -101,7 +102,7 @@ def load_run(run_dir: str | Path, overrides: Iterable[str] = (), data: DataBundl
 
     files = RunFiles(Path(run_dir))
     if config is None:
-        config = load_run_config(files, overrides)
+        config = one_device(load_run_config(files, overrides))
     spec = config.compress or CompressSpec()
     results = read_results(files)
     if not files.student.is_file():

@@ -295,6 +295,8 @@ class TimmEncoderSpec(Strict):
 class TinyCNNEncoderSpec(Strict):
     type: Literal["tiny_cnn"]
     widths: list[int] = Field(default_factory=lambda: [32, 64, 128, 256])
+    norm: Literal["batch", "group"] = Field("batch", description="group: per-sample GroupNorm, for small "
+                                            "per-device batches under DDP on CPUs")
     in_chans: Optional[int] = None
     input_size: Optional[ImageSize] = None
     trainable: bool = True
@@ -467,12 +469,35 @@ class TrainingSpec(Strict):
     baseline: bool = Field(True, description="also train the student on task loss only, to show what KD bought")
     accelerator: Literal["cpu", "gpu", "auto"] = Field("auto", description="auto: a GPU when one is visible, "
                                                                            "else the CPU")
-    devices: Union[int, str] = 1
+    devices: Union[int, str] = Field(1, description="devices per node: a number, a list such as '0,1', or auto")
+    num_nodes: int = Field(1, ge=1, description="machines; devices x num_nodes processes in all")
+    strategy: Literal["auto", "ddp", "ddp_find_unused_parameters_true"] = Field(
+        "auto", description="Lightning's name; auto is ddp on more than one device (FSDP is not offered: its "
+                            "sharded parameters are not what the best-checkpoint writer saves)")
+    sync_batchnorm: bool = Field(False, description="batch-norm statistics over every rank's batch (DDP)")
     precision: Literal["32-true", "16-mixed", "bf16-mixed"] = "32-true"
+    channels_last: bool = Field(False, description="image encoders in channels-last memory format "
+                                                   "(faster convolutions under mixed precision on recent GPUs)")
     deterministic: bool = True
     last_checkpoint_budget: float = Field(0.05, ge=0, le=1, description=(
         "the share of a stage's training time its last checkpoint (what a killed run resumes from) may cost; "
         "0: keep none (train/resume.py)"))
+
+    @model_validator(mode="after")
+    def _runnable(self) -> "TrainingSpec":
+        """The combinations Lightning would refuse only once training starts."""
+        if self.accelerator == "cpu" and self.precision == "16-mixed":
+            raise ValueError("`precision: 16-mixed` needs a GPU; with `accelerator: cpu` use bf16-mixed or 32-true")
+        if self.sync_batchnorm and self.accelerator == "cpu":
+            raise ValueError("`sync_batchnorm` works only on GPUs (PyTorch's SyncBatchNorm); on CPUs use an encoder "
+                             "without batch norm, e.g. tiny_cnn with `norm: group`")
+        if isinstance(self.devices, str):
+            text = self.devices.strip()
+            if not (text == "auto" or text == "-1" or all(p.strip().isdigit() for p in text.strip(",").split(","))):
+                raise ValueError(f"`devices` is a number, a list of device ids such as '0,1', or auto (got {text!r})")
+        elif self.devices == 0 or self.devices < -1:
+            raise ValueError(f"`devices` must be at least 1 (or -1 for all), got {self.devices}")
+        return self
 
 
 class MlflowSpec(Strict):
@@ -550,6 +575,9 @@ class SweepExecutorSpec(Strict):
     gpus_per_task: Optional[int] = Field(None, ge=0)
     gres: Optional[str] = Field(None, description="e.g. gpu:1 (what the seeds' scripts asked for)")
     array_parallelism: int = Field(256, ge=1, description="array tasks running at once")
+    nodes: int = Field(1, ge=1, description="machines per run (= training.num_nodes)")
+    tasks_per_node: int = Field(1, ge=1, description="processes per machine, one per device, started by srun "
+                                                     "(= training.devices)")
     setup: list[str] = Field(default_factory=list, description="shell lines before the job: module load, venv, exports")
     python: Optional[str] = Field(None, description="python command on the nodes (default: this interpreter)")
     folder: Optional[str] = Field(None, description="submitit logs and pickles (default: <sweep dir>/_submitit)")

@@ -27,6 +27,7 @@ from mmdistill.data.rows import RawSplits, records_from_rows
 from mmdistill.data.stats import resolve_image_stats
 from mmdistill.data.table import read_table
 from mmdistill.data.views import ViewSampler
+from mmdistill.data.shard import RankShard
 from mmdistill.errors import UserError
 from mmdistill.registry import Registry
 
@@ -145,13 +146,17 @@ class DataBundle:
 
     def loader(self, split: str, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
                balance_task: str | None = None, views: int | None = 1,
-               modalities: set[str] | None = None, augment: bool = True) -> DataLoader:
+               modalities: set[str] | None = None, augment: bool = True,
+               collate: Callable[[list[dict]], dict] | None = None) -> DataLoader:
         """`balance_task`: sample with replacement, each sample weighted by 1 / (count of its
         class in that task), so every class is drawn equally often (seed 004's weighted sampling).
         `views`: how many augmented views each sample has (the KD student's `data.views`, so
         its teacher's outputs can be cached per view); None draws a fresh view every epoch
         (the teacher stage). `modalities`: read only these (default: all the dataset has).
-        `augment=False`: the plain images even of the train split (embeddings for probes)."""
+        `augment=False`: the plain images even of the train split (embeddings for probes).
+        `collate`: instead of PyTorch's default (which it must still apply: it adds to a batch).
+        A shuffled loader is sharded across DDP ranks (`data/shard.py`); an unshuffled one (dev,
+        test, features) gives every rank the whole split, so metrics need no gathering."""
         dataset = self.datasets[split].select(modalities if modalities is not None else set(self.datasets[split].modalities))
         if not augment:
             dataset.augmenter = None
@@ -170,7 +175,9 @@ class DataBundle:
         else:
             base = SequentialSampler(dataset)
         sampler = ViewSampler(base, seed, views) if dataset.augmenter is not None else base
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+        if shuffle or balance_task is not None:  # a train loader: each DDP rank takes its part
+            sampler = RankShard(sampler)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
                           generator=torch.Generator().manual_seed(seed + 1), persistent_workers=num_workers > 0)
 
 

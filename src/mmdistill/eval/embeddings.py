@@ -11,11 +11,14 @@ logged line and t-SNE (scikit-learn) is drawn alone.
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from mmdistill.distributed import autocast, compute_device
 
 log = logging.getLogger(__name__)
 
@@ -24,17 +27,22 @@ TITLES = {"tsne": "t-SNE", "umap": "UMAP"}
 
 
 @torch.no_grad()
-def collect_features(model: Any, data: Any, split: str, batch_size: int,
-                     ref: str = "fused") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def collect_features(model: Any, data: Any, split: str, batch_size: int, ref: str = "fused",
+                     config: Any = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """([N, D] float32 vectors of feature `ref`, {task: [N] labels}) of `split`, in dataset
     order; `ref` as loss terms name features (`fused`, `embedding:<m>`, `projection:<m>`).
 
     Labels keep the dataset's dtypes (binary 0/1 floats, multiclass int64). The model is put in
-    eval mode (no dropout, no modality masking) and given back in the mode it came in.
+    eval mode (no dropout, no modality masking) and given back in the mode it came in. With
+    the run's `config` it runs on this process's device under the stage's precision
+    (`distributed.py`), and is given back on the CPU.
     """
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = compute_device(config) if config is not None else next(model.parameters()).device
+    moved = config is not None
+    if moved:
+        model.to(device)
     vectors: list[np.ndarray] = []
     labels: dict[str, list[np.ndarray]] = {t.name: [] for t in data.tasks}
     try:
@@ -42,11 +50,14 @@ def collect_features(model: Any, data: Any, split: str, batch_size: int,
         for batch in data.loader(split, batch_size, shuffle=False, seed=0, modalities=set(model.modalities),
                                  augment=False):
             inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch["inputs"].items()}
-            vectors.append(model(inputs).feature(ref).float().cpu().numpy())
+            with autocast(config, device) if moved else nullcontext():
+                vectors.append(model(inputs).feature(ref).float().cpu().numpy())
             for name in labels:
                 labels[name].append(batch["labels"][name].cpu().numpy())
     finally:
         model.train(was_training)
+        if moved:
+            model.cpu()
     if not vectors:
         raise ValueError(f"split {split!r} has no samples to embed")
     return np.concatenate(vectors), {name: np.concatenate(parts) for name, parts in labels.items()}
@@ -113,7 +124,7 @@ def plot_embedding_map(vectors: np.ndarray, labels: np.ndarray, classes: Sequenc
 
 
 def write_run_plots(run_dir: Path, models: dict[str, Any], data: Any, batch_size: int,
-                    methods: Sequence[str] = METHODS, split: str = "test") -> list[Path]:
+                    methods: Sequence[str] = METHODS, split: str = "test", config: Any = None) -> list[Path]:
     """plots/{method}_{role}.png for every model (e.g. {"teacher": ..., "student": ...}),
     coloured by the first task. Each model's vectors are collected once for all methods."""
     methods = list(methods)
@@ -126,7 +137,7 @@ def write_run_plots(run_dir: Path, models: dict[str, Any], data: Any, batch_size
     task = data.tasks[0]
     written: list[Path] = []
     for role, model in models.items():
-        vectors, labels = collect_features(model, data, split, batch_size)
+        vectors, labels = collect_features(model, data, split, batch_size, config=config)
         for method in methods:
             path = Path(run_dir) / "plots" / f"{method}_{role}.png"
             title = f"{TITLES[method]} of the {role}'s fused vectors ({split}, by {task.name})"

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from mmdistill.distributed import all_gather_cat
 from mmdistill.losses.terms import TERMS, FeatureParams, FeatureTerm, LossBatch
 from mmdistill.models.net import ModelOutput, MultiModalNet, TaskInfo
 
@@ -52,6 +53,9 @@ class CRD(FeatureTerm):
         # persistent: a stage resumed from its last checkpoint continues with the banks it had
         self.register_buffer("memory_s", None)
         self.register_buffer("memory_t", None)
+        # kept identical across DDP ranks by `_update`'s all-gather, so DDP need not copy these
+        # n x d tensors from rank 0 before every step (train/module.StageModule.setup)
+        self.gathered_buffers = ("memory_s", "memory_t")
 
     def set_dataset_size(self, n: int) -> None:
         """Size (and randomly initialise) both memory banks for a train split of n samples."""
@@ -81,7 +85,10 @@ class CRD(FeatureTerm):
             raise RuntimeError("crd: the memory banks are not sized; call objective.set_dataset_size(n) "
                                "with the number of training samples before training")
         index = batch.index.to(self.memory_s.device).long()
-        if len(index) and (int(index.min()) < 0 or int(index.max()) >= self.n_data):
+        # checked where it is free (indices on the CPU) or once: on a GPU each check waits for it
+        check = not index.is_cuda or not getattr(self, "_index_checked", False)
+        self._index_checked = True
+        if check and len(index) and (int(index.min()) < 0 or int(index.max()) >= self.n_data):
             raise ValueError(f"crd: batch index out of range 0..{self.n_data - 1} (got {int(index.min())}.."
                              f"{int(index.max())}); was set_dataset_size given the train split's size?")
         z_s, z_t = self.embed(student, teacher)
@@ -99,6 +106,9 @@ class CRD(FeatureTerm):
 
     @torch.no_grad()
     def _update(self, index: torch.Tensor, z_s: torch.Tensor, z_t: torch.Tensor) -> None:
+        """Momentum update of the rows of this step's samples; under DDP with every rank's
+        samples (all-gathered), so the banks stay identical on every rank."""
+        index, z_s, z_t = all_gather_cat(index), all_gather_cat(z_s), all_gather_cat(z_t)
         m = self.params.momentum
         for bank, z in ((self.memory_s, z_s), (self.memory_t, z_t)):
             bank[index] = F.normalize(m * bank[index] + (1 - m) * z.to(bank.dtype), dim=1)

@@ -10,9 +10,16 @@ FeatureTerm's linear map when the sizes differ. All of them read `fused` by defa
 
 A batch of one sample has no pairs: every term here returns 0 for it (the last batch of an
 epoch can have a single sample).
+
+They all compute in float32 whatever the training precision (`full_precision`): a distance
+from a bf16 matmul, ||x||^2 + ||y||^2 - 2 x.y, keeps 8 bits of mantissa, so close samples get
+distances of pure rounding noise and the relations these terms match are lost.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,15 +38,44 @@ def pairwise_distances(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return d2.sqrt().masked_fill(eye, 0.0)
 
 
+def full_precision(forward: Callable) -> Callable:
+    """Run a term's forward with autocast off and its features in float32."""
+
+    @functools.wraps(forward)
+    def run(self: Any, student: ModelOutput, teacher: ModelOutput | None, batch: LossBatch) -> torch.Tensor:
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            return forward(self, student, teacher, batch)
+
+    return run
+
+
+def _at_least32(x: torch.Tensor) -> torch.Tensor:
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _pair32(term: FeatureTerm, student: ModelOutput, teacher: ModelOutput) -> tuple[torch.Tensor, torch.Tensor]:
+    s = _at_least32(student.feature(term.params.student))
+    return term.regressor(s), _at_least32(teacher.feature(term.params.teacher).detach())
+
+
 def _zero(x: torch.Tensor) -> torch.Tensor:
     """A zero that keeps the graph (for batches too small to have pairs)."""
     return x.sum() * 0.0
 
 
 class RelationalTerm(FeatureTerm):
-    """A FeatureTerm without the regressor: student and teacher sizes may differ."""
+    """A FeatureTerm without the regressor: student and teacher sizes may differ; features in
+    float32, and each subclass's forward under `full_precision`."""
 
     match_dims = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "forward" in cls.__dict__:
+            cls.forward = full_precision(cls.__dict__["forward"])
+
+    def pair(self, student: ModelOutput, teacher: ModelOutput) -> tuple[torch.Tensor, torch.Tensor]:
+        return _pair32(self, student, teacher)
 
 
 @TERMS.register("contrastive_dist")
@@ -182,14 +218,16 @@ class MaximumMeanDiscrepancy(FeatureTerm):
 
     Params = MMDParams
 
+    @full_precision
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: LossBatch) -> torch.Tensor:
-        s, t = self.pair(student, teacher)
+        s, t = _pair32(self, student, teacher)
         b = len(s)
         if b < 2:
             return _zero(s)
 
         def kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            d2 = ((x.unsqueeze(1) - y.unsqueeze(0)) ** 2).sum(-1)
+            # ||x - y||^2 from the norms and one matmul: B x B, not the B x B x D of differences
+            d2 = ((x * x).sum(-1, keepdim=True) + (y * y).sum(-1) - 2 * x @ y.t()).clamp(min=0)
             return sum(torch.exp(-d2 / (2 * sigma**2)) for sigma in self.params.sigmas)
 
         off = ~torch.eye(b, dtype=torch.bool, device=s.device)

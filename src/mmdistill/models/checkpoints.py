@@ -20,7 +20,8 @@ def _classes(model: MultiModalNet) -> str:
 
 def save_weights(model: MultiModalNet, path: Path) -> None:
     with atomic_path(path) as tmp:
-        save_model(model, str(tmp), metadata={"format": "mmdistill", "classes": _classes(model)})
+        # force_contiguous: a channels-last model (training.channels_last) has non-contiguous conv weights
+        save_model(model, str(tmp), metadata={"format": "mmdistill", "classes": _classes(model)}, force_contiguous=True)
 
 
 def load_weights(model: MultiModalNet, path: Path, key: str) -> None:

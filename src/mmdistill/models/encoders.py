@@ -196,7 +196,7 @@ def build_timm(spec: TimmEncoderSpec, modality: ModalitySpec, key: str, in_dim: 
 
 @ENCODERS.register("tiny_cnn")
 def build_tiny_cnn(spec: TinyCNNEncoderSpec, modality: ModalitySpec, key: str, in_dim: int | None = None) -> Encoder:
-    backbone = TinyCNN(spec.in_chans or modality.total_channels, tuple(spec.widths))
+    backbone = TinyCNN(spec.in_chans or modality.total_channels, tuple(spec.widths), spec.norm)
     return ImageEncoder(backbone, backbone.num_features, spec.input_size, spec.trainable, layout="NCHW",
                         source_size=modality.size)
 

@@ -17,7 +17,7 @@ Another identity is refused, naming the keys that differ, unless --overwrite, wh
 only a directory that carries a marker (or a finished run of an older mmdistill).
 
 Every file is written whole or not at all (`io.atomic_path`). Which process writes the run's
-files is decided in one place, `is_writer`: the process of global rank 0 (the only one when
+files is decided in one place, `distributed.is_writer`: the process of global rank 0 (the only one when
 Lightning runs on one device); the directory itself, config.yaml, the confusion matrices,
 plots and results.json are written through it.
 """
@@ -34,23 +34,19 @@ import numpy as np
 import yaml
 
 from mmdistill.config.hashing import differing_keys, run_identity
+from mmdistill.distributed import is_writer, may_run_on_several, session
 from mmdistill.errors import UserError
 from mmdistill.io import atomic_path, write_json_atomic, write_text_atomic
 
 RESULTS = "results.json"
 MARKER = "run.json"
+SESSION = "session.json"  # rank 0's decision for this launch (a run on several processes)
+FOLLOW_TIMEOUT_S = 900
 SUBDIRS = ("checkpoints", "confusion", "plots", "stages")
 # every name a run (and `compress`, `report`, a sweep job's failure) writes at its top level:
 # a directory holding anything else is not deleted by --overwrite
 RUN_FILES = {*SUBDIRS, MARKER, RESULTS, "config.yaml", "metrics.csv", "error.log", "compressed", "compress.md",
-             "report.md", "report.html", "report_files", "tensorboard", "mlruns", "wandb", "trackers.json"}
-
-
-def is_writer() -> bool:
-    """Whether this process writes the run's files: global rank 0, as Lightning numbers them."""
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
-    return getattr(rank_zero_only, "rank", 0) == 0
+             "report.md", "report.html", "report_files", "tensorboard", "mlruns", "wandb", "trackers.json", SESSION}
 
 
 class RunDirectory:
@@ -75,6 +71,8 @@ class RunDirectory:
         config is the plan's, `replace_changed`); one that is not a run is never touched."""
         identity = run_identity(config, data_signature)
         self.identity = identity
+        if not is_writer():  # another rank of this run: rank 0 decides, this one follows
+            return self._follow()
         resumed = False
         if self.path.is_dir() and any(self.path.iterdir()):
             marker = self._read(MARKER)
@@ -98,7 +96,21 @@ class RunDirectory:
 
                 write_json_atomic(self.path / MARKER, {"identity": identity, "mmdistill": __version__,
                                                         "created": time.strftime("%Y-%m-%d %H:%M:%S")})
+            if may_run_on_several(config):
+                write_json_atomic(self.path / SESSION, {"session": session(), "resumed": resumed})
         return resumed
+
+    def _follow(self) -> bool:
+        """Wait for rank 0 to have prepared the directory for this launch, and take its answer
+        (resumed or not): under srun every rank starts at once, and one that looked for itself
+        could see rank 0's directory half made, or half deleted by --overwrite."""
+        mine, deadline = session(), time.monotonic() + FOLLOW_TIMEOUT_S
+        while time.monotonic() < deadline:
+            record = self._read(SESSION)
+            if record is not None and record.get("session") == mine:
+                return bool(record.get("resumed"))
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.path}: rank 0 did not prepare the run directory within {FOLLOW_TIMEOUT_S} s")
 
     def _read(self, name: str) -> Any:
         try:

@@ -17,6 +17,7 @@ from mmdistill.cache.images import attach_caches
 from mmdistill.cache.keys import data_signature
 from mmdistill.config.schema import ExperimentConfig
 from mmdistill.data.dataset import load_data
+from mmdistill.distributed import check_launch
 from mmdistill.preflight import check_models
 from mmdistill.run.context import RunContext
 from mmdistill.run.directory import RunDirectory
@@ -45,6 +46,7 @@ def start_run(config: ExperimentConfig, overwrite: bool, run_dir: Path | None, t
     """Check the data and the models, then (and only then) prepare the run directory, attach
     the decoded-image caches and write config.yaml."""
     started = time.perf_counter()
+    check_launch(config)
     data = load_data(config)
     teacher = check_models(config, data)
     directory = RunDirectory(run_dir if run_dir is not None else config.run_dir)

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmdistill import __version__
-from mmdistill.cache.teacher_outputs import teacher_device
+from mmdistill.distributed import autocast, compute_device
 from mmdistill.config.schema import SPLITS, ExperimentConfig
 from mmdistill.data.dataset import load_data
 from mmdistill.data.views import view_batches, view_settings
@@ -38,7 +38,7 @@ def extract_embeddings(config: ExperimentConfig) -> dict[str, Path]:
     teacher = build_model(config, "teacher", data)
     if config.teacher.checkpoint is not None:
         load_weights(teacher, config.teacher.checkpoint, "teacher.checkpoint")
-    device = teacher_device(config)  # the GPU when training would use one
+    device = compute_device(config)  # the GPU when training would use one
     teacher.eval().to(device)
     written = {}
     for split in SPLITS:
@@ -49,7 +49,8 @@ def extract_embeddings(config: ExperimentConfig) -> dict[str, Path]:
                    disable=not config.logging.progress_bar)
         for batch in view_batches(dataset, views, config.training.teacher.batch_size, config.data.num_workers):
             inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch["inputs"].items()}
-            rows.append(teacher(inputs).embeddings[modality].float().cpu().numpy())
+            with autocast(config, device):
+                rows.append(teacher(inputs).embeddings[modality].float().cpu().numpy())
             bar.update(len(batch["index"]))
         bar.close()
         # rows come view by view: [views * samples, dim] -> [samples, views, dim]

@@ -121,6 +121,8 @@ class SlurmExecutor:
         spec = self.spec
         params: dict[str, Any] = {"job_name": self.JOB_NAME, "time": spec.time,
                                   "array_parallelism": spec.array_parallelism}
+        if spec.nodes > 1 or spec.tasks_per_node > 1:  # srun starts one process per device; Lightning reads
+            params.update(nodes=spec.nodes, ntasks_per_node=spec.tasks_per_node)  # its ranks from SLURM
         for key in ("partition", "account", "qos", "constraint", "mem", "cpus_per_task", "gpus_per_task", "gres"):
             if getattr(spec, key) is not None:
                 params[key] = getattr(spec, key)

@@ -94,9 +94,12 @@ def execute_job(job: Job) -> Outcome:
         return Outcome(job.label, True, time.perf_counter() - start, summary=_summary(job.kind, results))
     except Exception as exc:  # noqa: BLE001 - one failed run must not stop the others
         line = error_line(exc)
+        from mmdistill.distributed import is_writer
+
         try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "error.log").write_text(traceback.format_exc() + f"\n{line}\n")
+            if is_writer():  # a run on many devices fails on every rank; rank 0 says why
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "error.log").write_text(traceback.format_exc() + f"\n{line}\n")
         except OSError:
             pass
         return Outcome(job.label, False, time.perf_counter() - start, error=line)

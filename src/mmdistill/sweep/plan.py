@@ -104,6 +104,37 @@ def _check_runtime(configs: list[tuple[Variant, ExperimentConfig]], source: str)
     return signatures
 
 
+def processes_per_node(config: ExperimentConfig) -> int | None:
+    """How many processes one run of `config` needs on each node (None: `auto` or -1, which
+    only the machine it lands on can say)."""
+    devices = config.training.devices
+    if isinstance(devices, int):
+        return None if devices < 0 else devices
+    text = devices.strip().strip(",")
+    return None if text in ("auto", "-1") else len([p for p in text.split(",") if p.strip()])
+
+
+def _check_processes(spec: SweepSpec, configs: list[tuple[Variant, ExperimentConfig]], source: str) -> None:
+    """A run on many devices is many processes started together. The local executor runs a job
+    inside one worker process, where Lightning would start the others by re-running the
+    command (the whole sweep), so such runs go through SLURM, whose srun starts one process per
+    device for each job (`sweep.executor.tasks_per_node`, `nodes`)."""
+    executor = spec.executor
+    for variant, config in configs:
+        per_node, nodes = processes_per_node(config), config.training.num_nodes
+        if per_node == 1 and nodes == 1:
+            continue
+        where = f"{source}: variant {variant.name}: " if variant.overrides else f"{source}: "
+        shown = f"training.devices={config.training.devices}, training.num_nodes={nodes}"
+        if executor.type != "slurm" or executor.cluster != "slurm":
+            raise UserError(f"{where}{shown} needs several processes per run, which the sweep starts through SLURM: "
+                            "set sweep.executor.type: slurm with tasks_per_node and nodes to match (or run it "
+                            "alone with `mmdistill run`)")
+        if per_node is None or (per_node, nodes) != (executor.tasks_per_node, executor.nodes):
+            raise UserError(f"{where}{shown} must match sweep.executor.tasks_per_node={executor.tasks_per_node} and "
+                            f"sweep.executor.nodes={executor.nodes} (one process per device; devices as a number)")
+
+
 def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict[str, Any], SweepSpec]:
     raw = apply_overrides(read_config_file(path), overrides)
     sweep_raw = raw.pop("sweep", None) or {}
@@ -132,6 +163,7 @@ def make_plan(path: str | Path, overrides: Iterable[str] = (), check_runtime: bo
             configs.append((variant, checked_config(apply_variant(base, variant), source)))
         except UserError as exc:
             raise (_blame(variant, source, exc) if variant.overrides else exc) from None
+    _check_processes(spec, configs, source)
     signatures = _check_runtime(configs, source) if check_runtime else {}
 
     first = configs[0][1]

@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
+from mmdistill.distributed import is_writer
 from mmdistill.errors import UserError
 from mmdistill.io import write_json_atomic
 from mmdistill.registry import Registry
@@ -64,12 +65,6 @@ def check_trackers(config: Any) -> None:
                             f"which is not installed: pip install 'mmdistill[{tracker.extra}]'")
 
 
-def _is_rank_zero() -> bool:
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
-    return getattr(rank_zero_only, "rank", 0) == 0
-
-
 def run_name(config: Any, run_dir: Path) -> str:
     """How trackers list the run: its directory below output_dir (`demo`, `sweep/kd/seed_42`)."""
     try:
@@ -90,7 +85,7 @@ class RunTrackers:
     def open(cls, config: Any, run_dir: Path, resumed: bool) -> "RunTrackers":
         """The run's trackers; a resumed run continues the tracker runs it started before."""
         names = [n for n in config.logging.trackers if n != "csv"]
-        if not names or not _is_rank_zero():
+        if not names or not is_writer():
             return cls()
         path = Path(run_dir) / STATE_FILE
         state: dict[str, Any] = {}

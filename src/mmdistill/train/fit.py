@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,17 +16,19 @@ import lightning as L
 import torch
 from torch import nn
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from mmdistill.config.monitor import monitor_mode
 from mmdistill.config.schema import ExperimentConfig, StageTraining
 from mmdistill.data.dataset import DataBundle
+from mmdistill.distributed import autocast, barrier, compute_device
 from mmdistill.losses.objective import Objective
 from mmdistill.models.checkpoints import load_start_weights, load_weights
 from mmdistill.models.net import MultiModalNet
 from mmdistill.train.module import OutputCollector, StageModule
 from mmdistill.train.recorder import EpochRecorder, MetricsLog
 from mmdistill.train.resume import LastCheckpoint, ResumeState, checkpoint_epoch
-from mmdistill.train.teachers import FrozenTeacher, dev_teacher_source, teacher_source
+from mmdistill.train.teachers import CachedTeacher, FrozenTeacher, dev_teacher_source, teacher_source
 from mmdistill.train.warmup import BackboneWarmup
 
 logger = logging.getLogger(__name__)
@@ -56,11 +59,19 @@ def on_cpu(config: ExperimentConfig) -> bool:
 def make_trainer(config: ExperimentConfig, stage: StageTraining, callbacks: list[L.Callback]) -> L.Trainer:
     _quiet_lightning()
     cpu = on_cpu(config)
-    extra = {"limit_train_batches": stage.limit_train_batches} if stage.limit_train_batches else {}
+    extra: dict[str, Any] = {"limit_train_batches": stage.limit_train_batches} if stage.limit_train_batches else {}
+    if SLURMEnvironment.detect():
+        # ranks from SLURM (srun starts one process per device); requeueing and resuming are ours
+        # (a run resumes from its stage records and last checkpoint), not Lightning's hpc_ckpt files,
+        # which it would load into whichever stage trains first after the restart
+        extra["plugins"] = [SLURMEnvironment(auto_requeue=False)]
     return L.Trainer(
         max_epochs=stage.epochs,
         accelerator=config.training.accelerator,
         devices=config.training.devices,
+        num_nodes=config.training.num_nodes,
+        strategy=config.training.strategy,
+        sync_batchnorm=config.training.sync_batchnorm,
         precision=config.training.precision,
         deterministic=config.training.deterministic if cpu else False,
         callbacks=callbacks,
@@ -69,6 +80,7 @@ def make_trainer(config: ExperimentConfig, stage: StageTraining, callbacks: list
         enable_model_summary=False,
         enable_progress_bar=config.logging.progress_bar,
         num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # the train loader shards itself (data/shard.py); dev is whole per rank
         check_val_every_n_epoch=stage.validation_interval,
         log_every_n_steps=config.logging.log_every_n_steps,
         gradient_clip_val=stage.grad_clip,
@@ -77,13 +89,21 @@ def make_trainer(config: ExperimentConfig, stage: StageTraining, callbacks: list
 
 
 @torch.no_grad()
-def evaluate_model(model: MultiModalNet, data: DataBundle, split: str, batch_size: int) -> dict[str, Any]:
-    model.eval()
-    device = next(model.parameters()).device
+def evaluate_model(model: MultiModalNet, data: DataBundle, split: str, batch_size: int,
+                   config: ExperimentConfig | None = None) -> dict[str, Any]:
+    """Metrics of `model` on the whole split, on this process's device under the stage's
+    precision (`distributed.py`; the CPU in fp32 without a config). Every rank computes the
+    same numbers; nothing here is sharded."""
+    device = compute_device(config) if config is not None else torch.device("cpu")
+    model.eval().to(device)
     collector = OutputCollector()
-    for batch in data.loader(split, batch_size, shuffle=False, seed=0, modalities=set(model.modalities)):
-        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch["inputs"].items()}
-        collector.add(model(inputs), batch["labels"])
+    try:
+        with autocast(config, device) if config is not None else nullcontext():
+            for batch in data.loader(split, batch_size, shuffle=False, seed=0, modalities=set(model.modalities)):
+                inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch["inputs"].items()}
+                collector.add(model(inputs), batch["labels"])
+    finally:
+        model.cpu()
     return collector.metrics(model.tasks)
 
 
@@ -111,7 +131,10 @@ def train_stage(name: str, config: ExperimentConfig, stage: StageTraining, model
     if stage.load_from is not None:
         load_start_weights(model, stage.load_from, f"training.{name}.load_from")
     mode = monitor_mode(stage.monitor, stage.mode)
-    module = StageModule(name, model, objective, stage, source, dev_teacher_source(config, teacher, objective, data))
+    if config.training.channels_last:
+        model.to(memory_format=torch.channels_last)
+    module = StageModule(name, model, objective, stage, source, dev_teacher_source(config, teacher, objective, data),
+                         channels_last=config.training.channels_last)
     recorder = EpochRecorder(name, log, best_path, stage.monitor, mode)
     callbacks: list[L.Callback] = [recorder]
     if stage.freeze_backbone_epochs or stage.unfreeze_layers:
@@ -126,7 +149,7 @@ def train_stage(name: str, config: ExperimentConfig, stage: StageTraining, model
     workers = config.data.num_workers
     train_loader = data.loader("train", stage.batch_size, shuffle=True, seed=config.seed, num_workers=workers,
                                balance_task=stage.weighted_sampling, views=views,
-                               modalities=reads)
+                               modalities=reads, collate=source.collate() if isinstance(source, CachedTeacher) else None)
     ckpt_path = stage.resume_from
     log.drop_stage(name)  # a previous attempt's rows; a checkpoint resumed from brings its own back
     if last_path is not None:
@@ -145,15 +168,17 @@ def train_stage(name: str, config: ExperimentConfig, stage: StageTraining, model
                             modalities=set(model.modalities)),
                 ckpt_path=ckpt_path, weights_only=True)
     model.cpu()
+    barrier()  # rank 0 wrote the best checkpoint; every rank reads it
     load_weights(model, best_path, f"{name} best checkpoint")
-    dev = evaluate_model(model, data, "dev", stage.batch_size)
+    dev = evaluate_model(model, data, "dev", stage.batch_size, config)
     dev["loss"] = recorder.best_dev["loss"]  # the dev loss needs the training objective: the best epoch's
-    test = evaluate_model(model, data, "test", stage.batch_size)
+    test = evaluate_model(model, data, "test", stage.batch_size, config)
     return StageResult(dev=dev, test=test, best_epoch=recorder.best_epoch, seconds=time.perf_counter() - start)
 
 
-def evaluate_only(model: MultiModalNet, data: DataBundle, batch_size: int) -> StageResult:
+def evaluate_only(model: MultiModalNet, data: DataBundle, batch_size: int,
+                  config: ExperimentConfig | None = None) -> StageResult:
     start = time.perf_counter()
-    dev = evaluate_model(model, data, "dev", batch_size)
-    test = evaluate_model(model, data, "test", batch_size)
+    dev = evaluate_model(model, data, "dev", batch_size, config)
+    test = evaluate_model(model, data, "test", batch_size, config)
     return StageResult(dev=dev, test=test, best_epoch=None, seconds=time.perf_counter() - start)

@@ -41,10 +41,11 @@ class OutputCollector:
 
 class StageModule(L.LightningModule):
     def __init__(self, stage: str, model: MultiModalNet, objective: Objective, training: StageTraining,
-                 teacher: nn.Module | None = None, dev_teacher: nn.Module | None = None):
+                 teacher: nn.Module | None = None, dev_teacher: nn.Module | None = None, channels_last: bool = False):
         """`teacher`: where the KD stage's teacher outputs come from, called with the batch
         (`train/teachers.py`: the frozen teacher on the fly, or its cached outputs);
-        `dev_teacher`: the same for dev batches, for the dev loss."""
+        `dev_teacher`: the same for dev batches, for the dev loss. `channels_last`: image
+        batches (and the model, `train/fit.py`) in channels-last memory format."""
         super().__init__()
         self.stage = stage
         self.model = model
@@ -54,9 +55,23 @@ class StageModule(L.LightningModule):
         self.dev_teacher = dev_teacher if objective.needs_teacher else None
         self.dev_metrics: dict[str, Any] | None = None
         self._dev_loss_sum, self._dev_count = 0.0, 0
-        self._sums: dict[str, float] = {}
+        self._sums: dict[str, torch.Tensor] = {}  # on the device: read once per epoch, not per step
         self._count = 0
         self._collector = OutputCollector()
+        self.channels_last = channels_last
+
+    def setup(self, stage: str) -> None:
+        """Before DDP wraps the module: buffers that their owner keeps in sync across ranks
+        itself (CRD's memory banks) are left out of DDP's per-step buffer broadcast."""
+        self._ddp_params_and_buffers_to_ignore = [
+            f"{prefix}.{name}" if prefix else name for prefix, module in self.named_modules()
+            for name in getattr(module, "gathered_buffers", ())]
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.channels_last:
+            batch["inputs"] = {k: v.contiguous(memory_format=torch.channels_last) if torch.is_tensor(v) and v.dim() == 4
+                               else v for k, v in batch["inputs"].items()}
+        return batch
 
     # --- training
     def on_train_start(self) -> None:
@@ -81,13 +96,22 @@ class StageModule(L.LightningModule):
         n = len(batch["index"])
         self._count += n
         for name, value in {"loss": loss, **parts}.items():
-            self._sums[name] = self._sums.get(name, 0.0) + float(value.detach()) * n
+            self._sums[name] = self._sums.get(name, 0.0) + value.detach().double() * n
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
         return loss
 
     def train_summary(self) -> dict[str, float]:
-        """Sample-weighted mean of the loss and each weighted term over the last epoch."""
-        return {k: v / max(self._count, 1) for k, v in self._sums.items()}
+        """Sample-weighted mean of the loss and each weighted term over the last epoch, over
+        every rank's samples (each rank trained on its shard)."""
+        if not self._sums:
+            return {}
+        names = sorted(self._sums)
+        totals = torch.stack([torch.as_tensor(self._sums[k], dtype=torch.float64, device=self.device).reshape(())
+                              for k in names] + [torch.tensor(float(self._count), dtype=torch.float64, device=self.device)])
+        if self.trainer.world_size > 1:
+            totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        values = totals.tolist()
+        return {k: v / max(values[-1], 1) for k, v in zip(names, values[:-1])}
 
     # --- validation
     def on_validation_epoch_start(self) -> None:
@@ -108,14 +132,19 @@ class StageModule(L.LightningModule):
         logged (`config/monitor.py`), so early stopping can follow whichever one is chosen."""
         self.dev_metrics = self._collector.metrics(self.model.tasks)
         self.dev_metrics["loss"] = self._dev_loss_sum / max(self._dev_count, 1)
+        if self.trainer.world_size > 1:
+            # every rank evaluated the whole dev split (data/dataset.WholeSplit); rank 0's numbers
+            # decide for all, so early stopping and the best epoch cannot disagree by a rounding
+            self.dev_metrics = self.trainer.strategy.broadcast(self.dev_metrics, src=0)
         tasks = [t.name for t in self.model.tasks]
         mode = monitor_mode(self.training_cfg.monitor, self.training_cfg.mode)
         value = monitor_value(self.training_cfg.monitor, self.dev_metrics, tasks)
         worst = float("-inf") if mode == "max" else float("inf")  # an undefined value (an AUROC of one class)
-        self.log(self.training_cfg.monitor, worst if value is None else value, prog_bar=True)
+        # equal on every rank already (above): sync_dist only says so to Lightning
+        self.log(self.training_cfg.monitor, worst if value is None else value, prog_bar=True, sync_dist=True)
         if self.training_cfg.monitor != "dev_score":
-            self.log("dev_score", self.dev_metrics["score"], prog_bar=True)
-        self.log("epoch_index", float(self.current_epoch + 1))  # periodic checkpoints keep the latest
+            self.log("dev_score", self.dev_metrics["score"], prog_bar=True, sync_dist=True)
+        self.log("epoch_index", float(self.current_epoch + 1), sync_dist=True)  # periodic checkpoints keep the latest
 
     # --- optimisation
     def configure_optimizers(self) -> Any:

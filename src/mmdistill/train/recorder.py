@@ -16,6 +16,7 @@ from typing import Any, Callable
 import lightning as L
 
 from mmdistill.config.monitor import monitor_value
+from mmdistill.distributed import is_writer
 from mmdistill.io import write_text_atomic
 from mmdistill.models.checkpoints import save_weights
 
@@ -56,6 +57,8 @@ class MetricsLog:
         self.write()
 
     def write(self) -> None:
+        if not is_writer():  # every rank keeps the rows; rank 0 writes them
+            return
         columns = list(self.FIRST)
         for r in self.rows:
             columns += [k for k in r if k not in columns]
@@ -120,7 +123,8 @@ class EpochRecorder(L.Callback):
         value = monitor_value(self.monitor, dev, [t.name for t in module.model.tasks])
         if self._improves(value):
             self.best_value, self.best_epoch, self.best_dev = value, row["epoch"], dev
-            save_weights(module.model, self.best_path)
+            if is_writer():
+                save_weights(module.model, self.best_path)
 
     def _improves(self, value: float | None) -> bool:
         """Strictly better than the best so far; the first epoch always counts, so a stage always

@@ -11,7 +11,7 @@ same command continues from it (`train/fit.py`); `benchmarks/checkpoint_cost.py`
 cost.
 
 `ResumeState` carries what Lightning's checkpoint leaves out and a bit-identical continuation
-needs: the global random states (torch, numpy, Python: dropout, masking, negative sampling)
+needs: the global random states (torch CPU and CUDA, numpy, Python: dropout, masking, negative sampling)
 and the train sampler's generator (the shuffle order of the next epochs), captured when the
 checkpoint is written and put back when training resumes.
 """
@@ -42,8 +42,8 @@ class LastCheckpoint(L.Callback):
         self.saves: list[float] = []  # seconds each save took (what the cost benchmark reads)
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        """Before any save is timed: the model, and an optimizer state about twice its size."""
-        state_bytes = sum(p.numel() * p.element_size() for p in module.parameters()) * 3
+        """Before any save is timed: the weights, and Adam's two moments of each trained one."""
+        state_bytes = sum(p.numel() * p.element_size() * (3 if p.requires_grad else 1) for p in module.parameters())
         self._save_cost = state_bytes / WRITE_BYTES_PER_S
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -69,9 +69,11 @@ class LastCheckpoint(L.Callback):
 
 
 def _generator_of(loader: Any) -> torch.Generator | None:
-    """The generator that draws the train loader's shuffle (inside a ViewSampler or not)."""
+    """The generator that draws the train loader's shuffle (inside a RankShard and a
+    ViewSampler, or not)."""
     sampler = getattr(loader, "sampler", None)
-    sampler = getattr(sampler, "base", sampler)
+    while getattr(sampler, "generator", None) is None and hasattr(sampler, "base"):
+        sampler = sampler.base
     return getattr(sampler, "generator", None)
 
 
@@ -87,6 +89,7 @@ class ResumeState(L.Callback):
             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
             "python": random.getstate(),
             "sampler": self.generator.get_state() if self.generator is not None else None,
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -103,6 +106,8 @@ class ResumeState(L.Callback):
         random.setstate((version, tuple(internal), gauss))
         if self.generator is not None and state["sampler"] is not None:
             self.generator.set_state(state["sampler"])
+        if state.get("cuda") is not None and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def checkpoint_epoch(path: Path) -> int | None:

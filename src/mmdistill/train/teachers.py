@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import default_collate
 
-from mmdistill.cache.teacher_outputs import TeacherOutputs, flat_outputs, open_teacher_outputs, teacher_device
+from mmdistill.cache.teacher_outputs import TeacherOutputs, flat_outputs, open_teacher_outputs
+from mmdistill.distributed import autocast, broadcast, compute_device
 from mmdistill.config.schema import ExperimentConfig
 from mmdistill.data.dataset import DataBundle
 from mmdistill.losses.objective import Objective
@@ -43,21 +45,48 @@ class FrozenTeacher(nn.Module):
         return self.model(batch["inputs"])
 
 
+ROWS = "teacher_rows"  # the batch key under which the train loader brings the cached rows
+
+
+class TeacherRows:
+    """The train loader's collate for a cached teacher: the batch, plus its samples' teacher
+    rows read from the store. The loader's worker processes then read them ahead of the step
+    (the store reopens its files in each worker), instead of the training step reading them
+    row by row while the GPU waits."""
+
+    def __init__(self, outputs: "TeacherOutputs"):
+        self.outputs = outputs
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = default_collate(samples)
+        index = batch["index"].numpy().astype(np.int64)
+        view = batch["view"].numpy().astype(np.int64) if "view" in batch else np.zeros_like(index)
+        batch[ROWS] = {field: torch.from_numpy(array) for field, array in self.outputs.read(index, view).items()}
+        return batch
+
+
 class CachedTeacher(nn.Module):
     """Teacher outputs read from the cache for the batch's (index, view) pairs, as a ModelOutput
     with the fields the objective reads (float32, on the batch's device). `outputs` is the
-    on-disk store (`cache/teacher_outputs.py`) or the dev split's outputs kept in memory."""
+    on-disk store (`cache/teacher_outputs.py`) or the dev split's outputs kept in memory. A
+    train batch made with `collate()` already holds them (on the device, with the batch)."""
 
     def __init__(self, outputs: "TeacherOutputs | MemoryOutputs"):
         super().__init__()
         self.outputs = outputs
         self.store = getattr(outputs, "store", None)
 
+    def collate(self) -> TeacherRows | None:
+        return TeacherRows(self.outputs) if isinstance(self.outputs, TeacherOutputs) else None
+
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
-        index, view, device = sample_views(batch)
+        rows = batch.get(ROWS)
+        if rows is None:
+            index, view, device = sample_views(batch)
+            rows = {field: torch.from_numpy(array).to(device=device)
+                    for field, array in self.outputs.read(index, view).items()}
         out = ModelOutput(logits={})
-        for field, array in self.outputs.read(index, view).items():
-            value = torch.from_numpy(array).to(device=device)
+        for field, value in rows.items():
             kind, _, name = field.partition(":")
             if field == "fused":
                 out.fused = value
@@ -94,14 +123,16 @@ class MemoryOutputs:
 def memory_outputs(config: ExperimentConfig, teacher: MultiModalNet, data: DataBundle, split: str,
                    fields: list[str]) -> MemoryOutputs:
     dataset = data.datasets[split].select(set(config.teacher.encoders))
-    device = teacher_device(config)
+    device = compute_device(config)
     was_training = teacher.training
     teacher.eval().to(device)
     chunks: dict[str, list[np.ndarray]] = {}
     try:
         for batch in view_batches(dataset, 1, config.training.teacher.batch_size, config.data.num_workers):
             inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch["inputs"].items()}
-            for name, value in flat_outputs(teacher(inputs), fields).items():
+            with autocast(config, device):
+                outputs = teacher(inputs)
+            for name, value in flat_outputs(outputs, fields).items():
                 chunks.setdefault(name, []).append(value.float().cpu().numpy())
     finally:
         teacher.cpu().train(was_training)
@@ -131,7 +162,7 @@ def teacher_source(config: ExperimentConfig, teacher: MultiModalNet, objective: 
         return FrozenTeacher(teacher)
     views = cached_views(config, epochs if epochs is not None else config.training.student.epochs)
     outputs, path, built = open_teacher_outputs(config, teacher, data, teacher_fields(objective), views)
-    if outputs is None:
+    if not broadcast(outputs is not None) or outputs is None:  # every rank the same source, rank 0's
         return FrozenTeacher(teacher)
     log.info("teacher outputs cached in %s" if built else "reusing cached teacher outputs from %s", path)
     return CachedTeacher(outputs)

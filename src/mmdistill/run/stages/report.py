@@ -17,7 +17,7 @@ from mmdistill.data.stats import image_stats
 from mmdistill.eval.embeddings import write_run_plots
 from mmdistill.eval.plots import plot_confusion, plot_curves, plot_stage_curves
 from mmdistill.run.context import RunContext
-from mmdistill.run.directory import is_writer
+from mmdistill.distributed import is_writer
 from mmdistill.run.stages import Stage
 from mmdistill.train.fit import StageResult
 
@@ -102,4 +102,4 @@ class ReportStage(Stage):
         # seed 002's t-SNE / UMAP of each model's fused test vectors
         roles = {"teacher": None if run.precomputed is not None else run.teacher, "student": run.student}
         write_run_plots(run.dir.path, {r: m for r, m in roles.items() if m is not None}, run.data,
-                        batch_size=run.config.training.student.batch_size)
+                        batch_size=run.config.training.student.batch_size, config=run.config)

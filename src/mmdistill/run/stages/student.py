@@ -47,7 +47,7 @@ class StudentStage(Stage):
         run.student = student
         if run.precomputed is not None:  # the student's representation, scored as the teacher's was
             ref = next((r for t in objective.terms for role, r in t.features() if role == "student"), "fused")
-            features = {s: collect_features(student, data, s, config.training.student.batch_size, ref)[0]
+            features = {s: collect_features(student, data, s, config.training.student.batch_size, ref, config)[0]
                         for s in data.datasets}
             run.results["probe"]["student"] = {"feature": ref, **probe_splits(features, data, config.seed)}
 

@@ -64,6 +64,6 @@ class TeacherStage(Stage):
         if stored is not None:
             return StageResult(dev=stored["dev"], test=stored["test"], best_epoch=None,
                                seconds=time.perf_counter() - start, reused_from=str(path))
-        result = fit.evaluate_only(run.teacher, run.data, run.config.training.teacher.batch_size)
+        result = fit.evaluate_only(run.teacher, run.data, run.config.training.teacher.batch_size, run.config)
         store_teacher_scores(run.config, run.teacher, run.data, result.dev, result.test)
         return result
