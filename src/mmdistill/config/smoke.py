@@ -40,9 +40,12 @@ def smoke_config(config: ExperimentConfig) -> ExperimentConfig:
         for encoder in spec.encoders.values():
             if encoder.type == "timm":
                 encoder.name, encoder.pretrained, encoder.checkpoint = tiny_timm_name(encoder.name), False, None
+                encoder.checkpoint_format = None
+                encoder.layers = [0] if encoder.layers else None  # the wiring, on a tiny model's first layer
                 encoder.input_size = SMOKE_SIZE
             elif encoder.type == "hf_text":
                 encoder.model, encoder.max_length = SMOKE_TEXT_MODEL, min(encoder.max_length, 32)
+                encoder.layers = [0] if encoder.layers else None
             elif encoder.type == "tiny_cnn":
                 encoder.input_size = None
         spec.projection_dim = min(spec.projection_dim, 32)

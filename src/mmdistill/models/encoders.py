@@ -26,6 +26,7 @@ from mmdistill.config.schema import (
 )
 from mmdistill.errors import UserError
 from mmdistill.models.tiny_cnn import TinyCNN
+from mmdistill.models.weights import keep_layers, load_into
 from mmdistill.registry import Registry
 
 ENCODERS: Registry[Callable[..., "Encoder"]] = Registry("encoder type")
@@ -174,18 +175,19 @@ def build_timm(spec: TimmEncoderSpec, modality: ModalitySpec, key: str, in_dim: 
     if not timm.is_model(spec.name):
         raise UserError(f"{key}.name: {spec.name!r} is not a timm model name (see timm.list_models())")
     kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": spec.in_chans or modality.total_channels}
-    if spec.checkpoint is not None:
-        if not Path(spec.checkpoint).is_file():
-            raise UserError(f"{key}.checkpoint: file not found: {spec.checkpoint}")
-        kwargs["pretrained_cfg_overlay"] = {"file": str(spec.checkpoint)}
-        pretrained = True
-    else:
-        pretrained = spec.pretrained
+    pretrained = spec.pretrained and spec.checkpoint is None  # a checkpoint is loaded below, strictly
     try:
         backbone = _create_timm(spec.name, pretrained, spec.input_size, kwargs)
     except (OSError, RuntimeError) as exc:
         raise UserError(f"{key}: could not load weights for {spec.name!r} ({str(exc).splitlines()[0]}); "
                         "set pretrained: false or give a local checkpoint") from None
+    if spec.checkpoint is not None:
+        load_into(backbone, spec.checkpoint, spec.checkpoint_format, key)
+    if spec.layers is not None:
+        if not (hasattr(backbone, "embed_dim") and isinstance(getattr(backbone, "blocks", None), nn.Sequential)):
+            raise UserError(f"{key}.layers: {spec.name!r} is not a ViT-style model (a `blocks` sequence of "
+                            "equal-width layers); a layer subset works for those and for hf_text encoders")
+        keep_layers(backbone, "blocks", spec.layers, f"{key}.layers")
     in_chans = kwargs["in_chans"]
     # timm's pooled output with num_classes=0 is `head_hidden_size` wide: that differs from
     # `num_features` for models with a pre-logits conv head (MobileNetV3, EfficientNet-X)
@@ -227,6 +229,15 @@ def _tiny_bert(key: str):
     return tokenizer, BertModel(config)
 
 
+def _layer_list_path(model: nn.Module) -> str:
+    """Where a transformers model keeps its layers: BERT's `encoder.layer`, DistilBERT's
+    `transformer.layer`, ... (the first list of several modules)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 1:
+            return name
+    raise UserError(f"{type(model).__name__} has no list of layers to take a subset of")
+
+
 class TextEncoder(Encoder):
     """A transformers model with its own tokenizer; tokenizes raw strings in forward so every
     model in an experiment can use a different tokenizer on the same batch.
@@ -254,6 +265,9 @@ class TextEncoder(Encoder):
                 self.model = AutoModel.from_pretrained(path)
         except OSError as exc:
             raise UserError(f"{key}.model: cannot load {spec.model!r} offline ({str(exc).splitlines()[0]})") from None
+        if spec.layers is not None:
+            keep_layers(self.model, _layer_list_path(self.model), spec.layers, f"{key}.layers")
+            self.model.config.num_hidden_layers = len(spec.layers)
         self.out_dim = self.model.config.hidden_size
         self.max_length = spec.max_length
         self.pooling = spec.pooling
