@@ -127,6 +127,14 @@ def test_aggregate_statistics_comparisons_and_kd_gain(tmp_path, demo_root):
     assert t["p_ttest"] == pytest.approx(sps.ttest_rel(student["preset-kd"], student["preset-kl_bce"]).pvalue)
     assert t["p_wilcoxon"] == pytest.approx(sps.wilcoxon(student["preset-kd"], student["preset-kl_bce"]).pvalue)
     assert comp["metrics"]["teacher.test.score"]["identical"]
+    # Holm-Bonferroni over each family: the smallest p of m tests is multiplied by m
+    gains = [v["kd_gain"]["test.score"]["test"] for v in agg["variants"].values() if v["kd_gain"]]
+    smallest = min(gains, key=lambda g: g["p_ttest"])
+    assert len(gains) >= 2 and smallest["p_holm"] == pytest.approx(min(1.0, len(gains) * smallest["p_ttest"]))
+    assert all(g["p_holm"] >= g["p_ttest"] for g in gains)
+    pairs = [c["metrics"]["student.test.score"] for c in agg["comparisons"].values()]
+    first = min(pairs, key=lambda t: t["p_ttest"])
+    assert first["p_holm"] == pytest.approx(min(1.0, len(pairs) * first["p_ttest"]))
     assert agg["best"]["variant"] == "preset-kl_bce" and agg["best"]["metric"] == "student.dev.score"
     assert agg["unfinished"] == [{"variant": "preset-kd", "seed": 4, "dir": str(root / "preset-kd" / "seed_4"),
                                   "error": "RuntimeError: out of memory"}]
@@ -216,3 +224,12 @@ def test_compressed_students_are_aggregated_over_seeds(tmp_path, demo_root):
     md = (root / "report.md").read_text()
     table = md.split("## Compressed students")[1].split("\n## ")[0]
     assert "| preset-kd | onnx_int8_qdq | 3 | 0.7920 ± 0.0010 |" in table and "| 1.30 | 0.720 ± 0.020 |" in table
+
+
+def test_holm_adjustment_matches_hand_computed_values():
+    from mmdistill.sweep.stats import holm
+
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> monotone: 0.04 -> 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([None, 0.5, 0.2]) == [None, pytest.approx(0.5), pytest.approx(0.4)]  # undefined: not in the family
+    assert holm([0.6, 0.7]) == [1.0, 1.0]

@@ -20,7 +20,7 @@ import yaml
 
 from mmdistill.io import write_json_atomic, write_text_atomic
 from mmdistill.sweep.grid import Variant
-from mmdistill.sweep.stats import describe, paired
+from mmdistill.sweep.stats import describe, holm, paired
 
 ROLES = ("teacher", "student", "baseline")
 # what a compressed student costs and scores (results.json `compressed.<model>`), per model
@@ -203,6 +203,10 @@ def aggregate(sweep_dir: Path, write: bool = True) -> dict[str, Any]:
                 tests[key] = paired([per_seed[a][s][key] for s in seeds], [per_seed[b][s][key] for s in seeds])
             comparisons[f"{a} vs {b}"] = {"a": a, "b": b, "seeds": shared, "metrics": tests}
 
+    _adjust_for_many_tests([g["test"] for v in variants.values() for g in v["kd_gain"].values()],
+                           [g for v in variants.values() for g in v["kd_gain"]])
+    _adjust_for_many_tests([t for c in comparisons.values() for t in c["metrics"].values()],
+                           [k for c in comparisons.values() for k in c["metrics"]])
     best = select_best(variants, tune["metric"], tune["mode"])
     out = {
         "experiment": (manifest or {}).get("experiment", sweep_dir.name),
@@ -235,3 +239,12 @@ def write_best_config(sweep_dir: Path, manifest: dict[str, Any], best: dict[str,
     path = Path(sweep_dir) / BEST_CONFIG
     write_text_atomic(path, header + yaml.safe_dump(tree, sort_keys=False))
     return path
+
+
+def _adjust_for_many_tests(tests: list[dict[str, Any]], metrics: list[str]) -> None:
+    """Adds `p_holm` to each paired test: Holm-Bonferroni over the tests of the same metric
+    (every variant's KD gain on test score is one family, every pair of variants another)."""
+    for metric in set(metrics):
+        family = [t for t, m in zip(tests, metrics) if m == metric]
+        for test, adjusted in zip(family, holm([t["p_ttest"] for t in family])):
+            test["p_holm"] = adjusted

@@ -276,8 +276,8 @@ def _sweep_tables(agg, variants, stats, comps) -> list[Block]:
     if any(gains.values()):
         table.header.append("KD gain")
         column = _column(variants, {v: {"gain": g} if g else {} for v, g in gains.items()}, {}, "gain")
-        for v, cell in zip(variants, column):  # here * means: KD student vs its baseline, p < 0.05
-            p = gains[v]["test"]["p_ttest"] if gains[v] else None
+        for v, cell in zip(variants, column):  # here * means: KD student vs its baseline, Holm-adjusted p < 0.05
+            p = gains[v]["test"].get("p_holm") if gains[v] else None
             cell.star = p is not None and p < ALPHA
         columns.append(column)
     for i, v in enumerate(variants):
@@ -285,7 +285,8 @@ def _sweep_tables(agg, variants, stats, comps) -> list[Block]:
     blocks += [("h2", "Test scores (mean ± std over seeds)"), ("table", table),
                ("p", "Score = mean over tasks of the headline F1 (positive-class F1 for a binary task, macro F1 "
                      "over the classes present for a multiclass one); task columns are the KD student's. KD gain = KD student "
-                     "minus baseline student of the same run, `*` there: p < 0.05 (paired t-test over seeds).")]
+                     "minus baseline student of the same run, `*` there: p < 0.05 (paired t-test over seeds, "
+                     "Holm-Bonferroni adjusted over the variants).")]
 
     tune = agg["tune"]
     metric = tune["metric"]
@@ -307,26 +308,34 @@ def _sweep_tables(agg, variants, stats, comps) -> list[Block]:
     blocks += _compressed_table(variants, stats)
 
     if comps:
-        pairs = Table(["A", "B", "seeds", "mean A − B", "p (t-test)", "p (Wilcoxon)", "Cohen's d"])
+        pairs = Table(["A", "B", "seeds", "mean A − B", "p (t-test)", "p (Holm)", "p (Wilcoxon)", "Cohen's d"])
         for comp in comps.values():
             t = comp["metrics"].get("student.test.score")
             if t:
                 pairs.rows.append([Cell(comp["a"]), Cell(comp["b"]), Cell(str(t["n"])), Cell(fmt_num(t["mean_diff"], 4)),
-                                   Cell(fmt_p(t["p_ttest"]), star=bool(t["p_ttest"] is not None and t["p_ttest"] < ALPHA)),
+                                   Cell(fmt_p(t["p_ttest"])), _holm_cell(t),
                                    Cell(fmt_p(t["p_wilcoxon"])), Cell(fmt_num(t["cohens_d"], 2))])
-        blocks += [("h2", "Pairwise comparisons (KD student test score, paired by seed)"), ("table", pairs)]
+        blocks += [("h2", "Pairwise comparisons (KD student test score, paired by seed)"), ("table", pairs),
+                   ("p", "p (Holm): the t-test's p adjusted by Holm-Bonferroni over all pairs; `*`: below 0.05.")]
 
     if any(gains.values()):
-        gain_table = Table(["variant", "KD − baseline", "95% CI", "p (t-test)", "p (Wilcoxon)", "Cohen's d", "seeds"])
+        gain_table = Table(["variant", "KD − baseline", "95% CI", "p (t-test)", "p (Holm)", "p (Wilcoxon)", "Cohen's d",
+                            "seeds"])
         for v in variants:
             g = gains[v]
             if g:
                 gain_table.rows.append([Cell(v), Cell(fmt_stat(g)), Cell(fmt_ci(g)), Cell(fmt_p(g["test"]["p_ttest"])),
+                                        _holm_cell(g["test"]),
                                         Cell(fmt_p(g["test"]["p_wilcoxon"])), Cell(fmt_num(g["test"]["cohens_d"], 2)),
                                         Cell(str(g["n"]))])
         blocks += [("h2", "What distillation bought (test score, KD student vs baseline student, paired by seed)"),
                    ("table", gain_table)]
     return blocks
+
+
+def _holm_cell(test: dict[str, Any]) -> Cell:
+    p = test.get("p_holm")
+    return Cell(fmt_p(p), star=p is not None and p < ALPHA)
 
 
 def _compressed_table(variants, stats) -> list[Block]:

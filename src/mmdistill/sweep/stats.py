@@ -4,7 +4,8 @@
 (n - 1 degrees of freedom), n. `paired`: two variants on the seeds they share, as a paired
 t-test and a Wilcoxon signed-rank test, with Cohen's d of the paired differences
 (d_z = mean(diff) / std(diff, ddof=1)). Anything undefined (one seed, all differences zero)
-is None, so results stay valid JSON.
+is None, so results stay valid JSON. `holm`: Holm-Bonferroni adjusted p-values for a family
+of tests (a sweep compares many variants; unadjusted, some p < 0.05 appears by chance).
 """
 
 from __future__ import annotations
@@ -64,4 +65,18 @@ def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
             out["w"], out["p_wilcoxon"] = _num(w.statistic), _num(w.pvalue)
         except ValueError:
             pass
+    return out
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm-Bonferroni adjusted p-values, in the input's order: the k-th smallest of m is
+    multiplied by m - k + 1, kept monotone and capped at 1 (reject where adjusted < alpha
+    controls the family-wise error rate). Undefined p-values (None) are left out of the family."""
+    present = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    m = len(present)
+    out: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for k, (p, i) in enumerate(present):
+        running = max(running, min(1.0, (m - k) * p))
+        out[i] = running
     return out
