@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +60,9 @@ def write_config(path: Path, data: dict[str, Any]) -> Path:
 @pytest.fixture
 def config_file(demo_root, tmp_path) -> Path:
     return write_config(tmp_path / "config.yaml", tiny_config(demo_root, tmp_path / "runs"))
+
+
+def metric_rows(run_dir: Path, stage: str | None = None) -> list[dict[str, str]]:
+    """The rows of a run's metrics.csv, of one stage when given."""
+    with (run_dir / "metrics.csv").open(newline="") as fh:
+        return [r for r in csv.DictReader(fh) if stage is None or r["stage"] == stage]

@@ -7,7 +7,6 @@ re-running the command line, which inside pytest would be pytest itself.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_SIZES, tiny_config, write_config
+from conftest import TINY_SIZES, metric_rows, tiny_config, write_config
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="gloo DDP on CPU")
 
@@ -29,10 +28,6 @@ def _run(config: Path, *overrides: str, timeout: float = 300) -> subprocess.Comp
 
 DDP = ("--set", "training.accelerator=cpu", "--set", "training.devices=2", "--set", "training.strategy=ddp")
 
-
-def _rows(run_dir: Path) -> list[dict[str, str]]:
-    with (run_dir / "metrics.csv").open(newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +48,7 @@ def test_a_ddp_run_writes_once_and_measures_whole_splits(ddp_run):
     assert done.stdout.count("results: ") == 1 and done.stdout.count("KD student") == 1, done.stdout
     assert "GLOBAL_RANK: 1" in done.stderr  # two processes really trained
     results = json.loads((run_dir / "results.json").read_text())
-    rows = _rows(run_dir)
+    rows = metric_rows(run_dir)
     for stage in ("teacher", "student", "baseline"):
         epochs = [int(r["epoch"]) for r in rows if r["stage"] == stage]
         assert epochs == [1, 2], (stage, epochs)  # one row per epoch, not one per rank
@@ -95,7 +90,7 @@ def test_two_processes_train_what_one_trains_at_the_same_global_batch(demo_root,
     one = _run(_exact_config(demo_root, tmp_path / "one", 32), "--set", "training.accelerator=cpu")
     two = _run(_exact_config(demo_root, tmp_path / "two", 16), *DDP)
     assert one.returncode == 0 and two.returncode == 0, (one.stderr[-2000:], two.stderr[-2000:])
-    rows_one, rows_two = _rows(tmp_path / "one" / "runs" / "tiny"), _rows(tmp_path / "two" / "runs" / "tiny")
+    rows_one, rows_two = metric_rows(tmp_path / "one" / "runs" / "tiny"), metric_rows(tmp_path / "two" / "runs" / "tiny")
     assert len(rows_one) == len(rows_two) == 9
     for a, b in zip(rows_one, rows_two):
         assert (a["stage"], a["epoch"]) == (b["stage"], b["epoch"])
@@ -117,7 +112,7 @@ def test_early_stopping_under_ddp_ends_the_stage_on_every_rank(demo_root, tmp_pa
     raw["logging"]["plots"] = False
     done = _run(write_config(tmp_path / "c.yaml", raw), *DDP, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = _rows(tmp_path / "runs" / "tiny")
+    rows = metric_rows(tmp_path / "runs" / "tiny")
     assert [int(r["epoch"]) for r in rows if r["stage"] == "teacher"] == [1, 2]
     assert [int(r["epoch"]) for r in rows if r["stage"] == "student"] == [1, 2]
 

@@ -4,13 +4,12 @@ run before anything is written; a tracker that breaks mid-run does not stop the 
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import pytest
 
-from conftest import tiny_config, write_config
+from conftest import metric_rows, tiny_config, write_config
 from mmdistill.cli import main
 from mmdistill.tracking import TRACKERS, Tracker
 
@@ -22,10 +21,6 @@ def _config(demo_root, out: Path, trackers: list[str], plots: bool = False) -> d
     raw["logging"].update(plots=plots, trackers=trackers)
     return raw
 
-
-def _csv_rows(run_dir: Path) -> list[dict[str, str]]:
-    with (run_dir / "metrics.csv").open(newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +35,7 @@ def test_tensorboard_events_hold_the_metrics_csv_numbers(tracked_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     _, _, run_dir = tracked_run
-    rows = _csv_rows(run_dir)
+    rows = metric_rows(run_dir)
     for stage in ("teacher", "student", "baseline"):
         events = EventAccumulator(str(run_dir / "tensorboard" / stage))
         events.Reload()
@@ -79,7 +74,7 @@ def test_mlflow_runs_hold_config_epochs_results_and_artifacts(tracked_run):
     assert parent.data.metrics["teacher/dev/score"] == pytest.approx(results["teacher"]["dev"]["score"], rel=1e-9)
 
     client = MlflowClient()
-    rows = _csv_rows(run_dir)
+    rows = metric_rows(run_dir)
     for stage, child in children.items():
         history = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "dev_score")}
         expected = {int(r["epoch"]): float(r["dev_score"]) for r in rows if r["stage"] == stage}
