@@ -29,11 +29,16 @@ from mmdistill.losses.terms import TERMS, FeatureParams, FeatureTerm, LossBatch
 from mmdistill.models.net import ModelOutput
 
 
+def squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """||x_i - y_j||^2 [B, B'] from the norms and one matmul (not the B x B' x D of differences);
+    may dip just below 0 by rounding, so callers clamp."""
+    return (x * x).sum(-1, keepdim=True) + (y * y).sum(-1) - 2 * x @ y.t()
+
+
 def pairwise_distances(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Euclidean distances [B, B] with an exact zero diagonal and a finite gradient at 0
     (the authors' RKD `pdist`: the squared distance is clamped before the square root)."""
-    sq = (x * x).sum(-1)
-    d2 = (sq.unsqueeze(0) + sq.unsqueeze(1) - 2 * x @ x.t()).clamp(min=eps)
+    d2 = squared_distances(x, x).clamp(min=eps)
     eye = torch.eye(len(x), dtype=torch.bool, device=x.device)
     return d2.sqrt().masked_fill(eye, 0.0)
 
@@ -226,8 +231,7 @@ class MaximumMeanDiscrepancy(FeatureTerm):
             return _zero(s)
 
         def kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            # ||x - y||^2 from the norms and one matmul: B x B, not the B x B x D of differences
-            d2 = ((x * x).sum(-1, keepdim=True) + (y * y).sum(-1) - 2 * x @ y.t()).clamp(min=0)
+            d2 = squared_distances(x, y).clamp(min=0)
             return sum(torch.exp(-d2 / (2 * sigma**2)) for sigma in self.params.sigmas)
 
         off = ~torch.eye(b, dtype=torch.bool, device=s.device)

@@ -229,13 +229,11 @@ def _tiny_bert(key: str):
     return tokenizer, BertModel(config)
 
 
-def _layer_list_path(model: nn.Module) -> str:
+def _layer_list(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
     """Where a transformers model keeps its layers: BERT's `encoder.layer`, DistilBERT's
     `transformer.layer`, ... (the first list of several modules)."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 1:
-            return name
-    raise UserError(f"{type(model).__name__} has no list of layers to take a subset of")
+    return next(((name, module) for name, module in model.named_modules()
+                 if isinstance(module, nn.ModuleList) and len(module) > 1), None)
 
 
 class TextEncoder(Encoder):
@@ -266,7 +264,10 @@ class TextEncoder(Encoder):
         except OSError as exc:
             raise UserError(f"{key}.model: cannot load {spec.model!r} offline ({str(exc).splitlines()[0]})") from None
         if spec.layers is not None:
-            keep_layers(self.model, _layer_list_path(self.model), spec.layers, f"{key}.layers")
+            found = _layer_list(self.model)
+            if found is None:
+                raise UserError(f"{key}.layers: {type(self.model).__name__} has no list of layers to take a subset of")
+            keep_layers(self.model, found[0], spec.layers, f"{key}.layers")
             self.model.config.num_hidden_layers = len(spec.layers)
         self.out_dim = self.model.config.hidden_size
         self.max_length = spec.max_length
@@ -279,9 +280,10 @@ class TextEncoder(Encoder):
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """Embeddings first, then each transformer layer (BERT's encoder.layer, DistilBERT's
         transformer.layer: the first ModuleList of layers found)."""
-        layers = next((m for m in self.model.modules() if isinstance(m, nn.ModuleList) and len(m) > 1), None)
-        if layers is None:
+        found = _layer_list(self.model)
+        if found is None:
             return super().layer_groups()
+        layers = found[1]
         in_layers = {id(p) for p in layers.parameters()}
         rest = [p for p in self.model.parameters() if id(p) not in in_layers]
         return [rest] + [list(layer.parameters()) for layer in layers]
