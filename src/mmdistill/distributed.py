@@ -121,8 +121,8 @@ def check_launch(config: Any) -> None:
 
 def autocast(config: Any, device: torch.device) -> ContextManager:
     """The stage's mixed precision around inference, so a cached teacher output equals what the
-    live teacher computes inside a mixed-precision training step."""
-    dtype = MIXED.get(config.training.precision)
+    live teacher computes inside a mixed-precision training step (none without a config)."""
+    dtype = MIXED.get(config.training.precision) if config is not None else None
     if dtype is None:
         return nullcontext()
     return torch.autocast(device.type, dtype=dtype)

@@ -11,7 +11,6 @@ logged line and t-SNE (scikit-learn) is drawn alone.
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -50,7 +49,7 @@ def collect_features(model: Any, data: Any, split: str, batch_size: int, ref: st
         for batch in data.loader(split, batch_size, shuffle=False, seed=0, modalities=set(model.modalities),
                                  augment=False):
             inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch["inputs"].items()}
-            with autocast(config, device) if moved else nullcontext():
+            with autocast(config, device):
                 vectors.append(model(inputs).feature(ref).float().cpu().numpy())
             for name in labels:
                 labels[name].append(batch["labels"][name].cpu().numpy())

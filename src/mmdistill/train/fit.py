@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import nullcontext
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +97,7 @@ def evaluate_model(model: MultiModalNet, data: DataBundle, split: str, batch_siz
     model.eval().to(device)
     collector = OutputCollector()
     try:
-        with autocast(config, device) if config is not None else nullcontext():
+        with autocast(config, device):
             for batch in data.loader(split, batch_size, shuffle=False, seed=0, modalities=set(model.modalities)):
                 inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch["inputs"].items()}
                 collector.add(model(inputs), batch["labels"])
