@@ -148,6 +148,54 @@ def test_concurrent_builds_of_one_store_build_it_once(tmp_path):
     assert log.read_text().count("built") == 1  # one builder; the others waited and read its store
 
 
+def _build_and_hold(path, key, ready, done):
+    """Another process that built a store and goes on reading it (holding its shared lock)."""
+    from mmdistill.cache.store import open_or_build
+
+    store, built = open_or_build(path, key, lambda: _store(path, key), "test")
+    assert built
+    ready.set()
+    done.wait(60)
+    store.close()
+
+
+def test_a_process_that_missed_a_store_reads_it_while_its_builder_still_holds_it(tmp_path, monkeypatch):
+    """Two ranks of a DDP run both look, find no store, and one builds it and keeps reading it
+    (a shared lock) until both meet at the next collective. The other must read that store, not
+    queue for an exclusive lock the reader never gives up: the deadlock that hung a CI run."""
+    import multiprocessing
+    import threading
+
+    from mmdistill.cache import store as store_module
+
+    path = tmp_path / "teacher" / "k3"
+    ctx = multiprocessing.get_context("spawn")
+    ready, done = ctx.Event(), ctx.Event()
+    builder = ctx.Process(target=_build_and_hold, args=(path, "k3", ready, done))
+    builder.start()
+    try:
+        assert ready.wait(60)
+        real, looks = store_module._open_in_use, []
+
+        def look(*args):  # the first look happened before the builder had committed
+            looks.append(args)
+            return None if len(looks) == 1 else real(*args)
+
+        monkeypatch.setattr(store_module, "_open_in_use", look)
+        answer: list = []
+        waiter = threading.Thread(target=lambda: answer.append(store_module.open_or_build(
+            path, "k3", lambda: pytest.fail("a store another process built is not rebuilt"), "test")), daemon=True)
+        waiter.start()
+        waiter.join(20)
+        assert answer, "open_or_build waited for the builder's shared lock to go away"
+        store, built = answer[0]
+        assert not built and store.read("x", [0]).shape == (1, 3)
+        store.close()
+    finally:
+        done.set()
+        builder.join(30)
+
+
 def test_a_store_in_use_is_never_pruned(tmp_path):
     from mmdistill.cache.store import open_or_build
 

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +34,7 @@ from typing import Any, Callable
 import numpy as np
 
 STORE_FILE = "store.json"
+LOCK_POLL_S = 0.2  # how often a process waiting to rebuild a store in use tries again
 LOCKS = ".locks"  # <cache.dir>/.locks/<kind>/<entry>.lock, out of the way of the entries
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,9 @@ class Lock:
             _HELD[path] = _HELD.get(path, 0) + 1
 
     def downgrade(self) -> "Lock":
-        """Exclusive to shared on the same descriptor: no moment without a lock."""
+        """Exclusive to shared on the same descriptor. flock converts by unlocking and locking
+        again, so a process waiting for an exclusive lock may slip in between (which
+        `open_or_build` allows for: its waiters never block on an exclusive lock)."""
         import fcntl
 
         fcntl.flock(self.fd, fcntl.LOCK_SH)
@@ -270,9 +274,11 @@ def open_or_build(path: Path, key: str, build: Callable[[], ArrayStore], what: s
     store = _open_in_use(path, key, valid)
     if store is not None:
         return store, False
-    lock = acquire(path, shared=False)
+    lock, store = _lock_to_build(path, key, valid)
+    if store is not None:  # built by another process while this one waited
+        return store, False
     try:
-        store = _usable(path, key, valid)  # built by another process while this one waited
+        store = _usable(path, key, valid)  # built by another process between the two looks
         built = store is None
         if built:
             if path.exists():
@@ -290,6 +296,32 @@ def open_or_build(path: Path, key: str, build: Callable[[], ArrayStore], what: s
     store._lock = lock.downgrade() if lock is not None else acquire(path, shared=True)  # now reading it
     mark_used(path / STORE_FILE)
     return store, built
+
+
+def _lock_to_build(path: Path, key: str, valid: Callable[[ArrayStore], bool] | None
+                   ) -> tuple[Lock | None, ArrayStore | None]:
+    """The exclusive lock to build the store at `path`, or the store another process built
+    while this one waited. It never blocks on the exclusive lock: the process that built a store
+    keeps a shared lock on it for as long as it reads it (its whole run), so a process queued
+    for exclusive access would wait for that run to end, or forever where the builder waits for
+    this process (two ranks of one DDP run that both found no store, then meet at a collective).
+    Instead it tries, and between tries takes a shared lock, which waits out a builder and then
+    finds its store."""
+    if _HELD.get(lock_path(path), 0) > 0:  # this process reads the entry already: never wait on itself
+        return None, None
+    waiting = False
+    while True:
+        try:
+            return acquire(path, shared=False, blocking=False), None
+        except BlockingIOError:
+            pass
+        store = _open_in_use(path, key, valid)
+        if store is not None:
+            return None, store
+        if not waiting:  # readers of an incomplete or damaged store: it is rebuilt once they are done
+            log.info("waiting for other processes to close %s before rebuilding it", path)
+            waiting = True
+        time.sleep(LOCK_POLL_S)
 
 
 def _usable(path: Path, key: str, valid: Callable[[ArrayStore], bool] | None) -> ArrayStore | None:
