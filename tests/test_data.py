@@ -115,7 +115,7 @@ def test_image_paths_are_the_users_absolute_or_relative_to_the_root(demo_root, t
 
     _rewrite(root, "train", point)
     records = load_data(_config(root, tmp_path)).datasets["train"].records
-    assert records[0].values["image"] == records[1].values["image"] == (elsewhere / "a.png").resolve()
+    assert records[0].values["image"] == records[1].values["image"] == str((elsewhere / "a.png").resolve())
 
     _rewrite(root, "train", lambda rows: rows[2].update(image=str(tmp_path / "missing.png")))
     msg = _load_error(root, tmp_path)

@@ -36,7 +36,7 @@ def test_real_medpix_2_0_loads_with_published_split_sizes():
     assert tasks["modality"] == ("CT", "MR")
     assert tasks["location"] == ("Abdomen", "Head", "Reproductive and Urinary System", "Spine and Muscles", "Thorax")
     first = data.datasets["train"].records[0]
-    assert first.values["image"].name == "MPX1024_synpic40275.png"
+    assert Path(first.values["image"]).name == "MPX1024_synpic40275.png"
     assert first.values["text"].startswith("CT of the chest reveals an obstructing mass")
 
 

@@ -13,6 +13,10 @@ images/<split>-<modality>-<size>px-<key[:16]>/          images.py, switch `cache
     size; the number of records and every record's image path(s) with file size and mtime, in
     order (not the pixels: hashing them would cost a decode). Also rebuilt when its array's
     shape is not the data's.
+stats/<key>.json                                        stats.py, always on
+    The per-channel mean and std of `mean: dataset` image modalities over the train split.
+    Key: a format version; the modality's kind, channels and size; every train record's image
+    path(s) with file size and mtime, in order.
 text/<key>/                                             text.py, switch `cache.text`
     A frozen text encoder's vector of every distinct text of the run. Key: the encoder spec
     (model, pooling, max length), its weights, every text in order.
@@ -60,7 +64,7 @@ if TYPE_CHECKING:
     from mmdistill.config.schema import ExperimentConfig
 
 # one folder per kind of entry, in the order of the table above
-KINDS = ("images", "text", "teacher", "teacher_scores", "baselines")
+KINDS = ("images", "stats", "text", "teacher", "teacher_scores", "baselines")
 
 
 def kind_dir(config: "ExperimentConfig", kind: str) -> Path:

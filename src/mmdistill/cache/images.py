@@ -188,4 +188,6 @@ def attach_caches(data: "DataBundle", config: "ExperimentConfig", modalities: se
 
 def load_run_data(config: "ExperimentConfig") -> "DataBundle":
     """The data as a run reads it: records from the files, images from the decoded-image cache."""
-    return attach_caches(load_data(config), config)
+    from mmdistill.cache.stats import ImageStatsCache
+
+    return attach_caches(load_data(config, ImageStatsCache(config)), config)

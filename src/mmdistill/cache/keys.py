@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import torch
@@ -26,10 +26,10 @@ from mmdistill.data.views import cached_views, view_settings
 if TYPE_CHECKING:
     from mmdistill.config.schema import ExperimentConfig
     from mmdistill.data.dataset import DataBundle
-    from mmdistill.data.records import Record
+    from mmdistill.data.records import Record, RecordTable
 
 IMAGE_KINDS = ("image", "stacked_image")
-IMAGES_FORMAT = 1  # bump when decoding (data/images.py) or the store layout changes: old entries become stale
+IMAGES_FORMAT = 2  # bump when decoding (data/images.py) or the store layout changes: old entries become stale
 
 
 # --------------------------------------------------------------------------- primitives
@@ -55,17 +55,15 @@ def hash_value(h: "hashlib._Hash", value: Any) -> None:
         h.update(repr(value).encode())
 
 
-def hash_records(h: "hashlib._Hash", records: Iterable["Record"], kinds: dict[str, str], labels: bool) -> None:
-    """Feed `h` the values of the modalities in `kinds` ({modality: kind}) of every record, in
-    order, and with `labels` each record's labels."""
-    for record in records:
-        for m, kind in kinds.items():
-            value = record.values[m]
-            if kind in IMAGE_KINDS:
-                value = [file_signature(p) for p in (value if isinstance(value, (list, tuple)) else [value])]
-            hash_value(h, value)
-        if labels:
-            h.update(json.dumps(record.labels, sort_keys=True, default=str).encode())
+def hash_table(h: "hashlib._Hash", table: "RecordTable", modalities: Iterable[str], labels: bool) -> None:
+    """Feed `h` the columns of `modalities` of a split's records (image columns with their
+    files' sizes and mtimes) and with `labels` every task's labels: digests each table computes
+    once per run (`RecordTable.digest`), so the many keys of a run hash the data once."""
+    for m in modalities:
+        h.update(table.digest(m).encode())
+    if labels:
+        for task in sorted(table.labels):
+            h.update(table.digest(f"label:{task}").encode())
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -79,11 +77,10 @@ def weights_digest(model: nn.Module) -> str:
 def data_signature(config: "ExperimentConfig", data: "DataBundle") -> str:
     """Every record of every split the run read, with labels, plus the precomputed teacher
     embeddings of a feature-KD run: a sweep re-runs a finished run whose signature differs."""
-    h = hashlib.sha256(b"data signature 1")
+    h = hashlib.sha256(b"data signature 2")
     for split, dataset in data.datasets.items():
         h.update(f"{split}:{len(dataset.records)}".encode())
-        kinds = {m: data.modalities[m].kind for m in sorted(dataset.records[0].values)} if dataset.records else {}
-        hash_records(h, dataset.records, kinds, labels=True)
+        hash_table(h, dataset.records, sorted(dataset.records.values), labels=True)
     if config.data.source == "embeddings":
         from mmdistill.data.embeddings import SPLIT_DIRS, split_dir
 
@@ -100,18 +97,17 @@ def image_paths(record: "Record", name: str, spec: Any) -> list[str]:
     return [str(p) for p in value] if spec.kind == "stacked_image" else [str(value)]
 
 
-def images_key(records: Sequence["Record"], name: str, spec: Any) -> str:
+def images_key(records: "RecordTable", name: str, spec: Any) -> str:
     """Decoded images of one modality of one split: the modality's kind, columns, channels and
-    size, and for every record in order its path(s) with each file's size and mtime_ns, so a
-    changed, added, removed or reordered image is a new key."""
+    size, and every record's path(s) in order with each file's size and mtime_ns (as stat-ed
+    when the data was read), so a changed, added, removed or reordered image is a new key."""
     h = hashlib.sha256()
     h.update(json.dumps({
         "format": IMAGES_FORMAT, "kind": spec.kind,
         "columns": list(spec.columns) if spec.kind == "stacked_image" else [spec.column],
         "channels": spec.channels, "size": spec.size, "samples": len(records),
     }, sort_keys=True).encode())
-    for record in records:
-        h.update(json.dumps([file_signature(p) for p in image_paths(record, name, spec)]).encode())
+    h.update(records.digest(name).encode())
     return h.hexdigest()
 
 
@@ -144,7 +140,7 @@ def teacher_digest(config: "ExperimentConfig", teacher: nn.Module, data: "DataBu
     }, sort_keys=True, default=str).encode())
     h.update(weights_digest(teacher).encode())
     for split in splits:
-        hash_records(h, data.datasets[split].records, {m: config.data.modalities[m].kind for m in reads}, labels=False)
+        hash_table(h, data.datasets[split].records, reads, labels=False)
     return h
 
 
@@ -175,7 +171,7 @@ def teacher_scores_key(config: "ExperimentConfig", teacher: nn.Module, data: "Da
     h = teacher_digest(config, teacher, data, ("dev", "test"))
     h.update(b"scores format 2")
     for split in ("dev", "test"):
-        hash_records(h, data.datasets[split].records, {}, labels=True)
+        hash_table(h, data.datasets[split].records, (), labels=True)
     _mixed_precision(h, config)
     return h.hexdigest()[:24]
 

@@ -22,7 +22,7 @@ from mmdistill.data.labels import TaskInfo, discover_tasks, encode_labels
 from mmdistill.data.derm import read_derm
 from mmdistill.data.embeddings import read_embeddings_source
 from mmdistill.data.medpix import read_medpix
-from mmdistill.data.records import Record
+from mmdistill.data.records import Record, RecordTable, VectorColumn
 from mmdistill.data.rows import RawSplits, records_from_rows
 from mmdistill.data.stats import resolve_image_stats
 from mmdistill.data.table import read_table
@@ -39,6 +39,15 @@ ABSENT = "_absent"
 def _missing(value: Any) -> bool:
     """A sample lacks this text or embedding: no vector, or an empty text."""
     return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _lacks_some(column: Any) -> bool:
+    """Whether some record lacks this text or embedding column's value (checked on the packed
+    column: an embedding of length 0, a text that is empty or all whitespace)."""
+    if isinstance(column, VectorColumn):
+        return bool((np.diff(column.offsets) == 0).any())
+    return any(not text.strip() for text in column)
+
 SOURCES.register("table")(read_table)
 SOURCES.register("medpix")(read_medpix)
 SOURCES.register("derm")(read_derm)
@@ -46,7 +55,7 @@ SOURCES.register("embeddings")(read_embeddings_source)
 
 
 class MultiModalDataset(Dataset):
-    def __init__(self, records: list[Record], modalities: dict[str, ModalitySpec], tasks: list[TaskInfo], split: str,
+    def __init__(self, records: RecordTable, modalities: dict[str, ModalitySpec], tasks: list[TaskInfo], split: str,
                  used: set[str] | None = None, augmenter: Augmenter | None = None,
                  embedding_dims: dict[str, int] | None = None):
         self.records = records
@@ -66,7 +75,7 @@ class MultiModalDataset(Dataset):
         # carry inputs[ABSENT] = {modality: bool}, which the models turn into a modality mask
         self._embedding_dims = dict(embedding_dims or {})
         self._absent = {n for n, spec in self.modalities.items() if spec.kind in ("text", "embedding")
-                        and any(_missing(r.values[n]) for r in records)}
+                        and _lacks_some(records.column(n))}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -188,29 +197,39 @@ def _embedding_dims(config: ExperimentConfig, records) -> dict[str, int]:
     for name, spec in config.data.modalities.items():
         if spec.kind != "embedding" or name not in config.used_modalities:
             continue
-        present = [r for split in SPLITS for r in records.splits[split] if r.values[name] is not None]
-        if not present:
+        found: tuple[str, int] | None = None  # (origin, size) of the first present vector
+        for split in SPLITS:
+            table = records.splits[split]
+            sizes = np.diff(table.column(name).offsets)
+            present = np.flatnonzero(sizes)
+            if not len(present):
+                continue
+            if found is None:
+                found = (table.origins[int(present[0])], int(sizes[present[0]]))
+            wrong = present[sizes[present] != found[1]]
+            if len(wrong):
+                i = int(wrong[0])
+                raise UserError(f"{table.origins[i]}: column {spec.column!r}: embedding has {int(sizes[i])} "
+                                f"values, but {found[0]} has {found[1]}")
+        if found is None:
             if spec.column not in records.embedding_sizes:
                 raise UserError(f"data.modalities.{name}: no record has a value in column {spec.column!r}")
             dims[name] = records.embedding_sizes[spec.column]
             continue
-        first = present[0]
-        dims[name] = int(first.values[name].shape[0])
-        for r in present:
-            if r.values[name].shape[0] != dims[name]:
-                raise UserError(f"{r.origin}: column {spec.column!r}: embedding has {r.values[name].shape[0]} "
-                                f"values, but {first.origin} has {dims[name]}")
+        dims[name] = found[1]
     return dims
 
 
-def load_data(config: ExperimentConfig) -> DataBundle:
+def load_data(config: ExperimentConfig, stats_memo: Any = None) -> DataBundle:
     """Read and check every split: files, columns, image paths, labels. Images are decoded
-    later (`mmdistill validate` decodes all of them up front)."""
+    later (`mmdistill validate` decodes all of them up front). `stats_memo`
+    (`cache/stats.ImageStatsCache`) spares decoding the train split for `mean: dataset`."""
     records = records_from_rows(config, SOURCES.get(config.data.source, "data.source")(config.data))
     tasks = discover_tasks(config.tasks, records.splits["train"])
     augment = Augmenter(config.data.augment, config.seed) if config.data.augment else None
     modalities = resolve_image_stats(config.data.modalities, records.splits["train"], config.used_modalities,
-                                     progress=config.logging.progress_bar, num_workers=config.data.num_workers)
+                                     progress=config.logging.progress_bar, num_workers=config.data.num_workers,
+                                     memo=stats_memo)
     dims = _embedding_dims(config, records)
     datasets = {s: MultiModalDataset(records.splits[s], modalities, tasks, s, config.used_modalities,
                                      augment if s == "train" else None, dims) for s in SPLITS}

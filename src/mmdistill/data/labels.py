@@ -5,10 +5,12 @@ is an error naming its row rather than a silently wrong index."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
+
+import numpy as np
 
 from mmdistill.config.schema import TaskSpec
-from mmdistill.data.records import Record
+from mmdistill.data.records import RecordTable
 from mmdistill.errors import UserError
 
 
@@ -52,37 +54,52 @@ def _sort_key(label: str) -> tuple:
         return (1, 0.0, label)
 
 
-def discover_tasks(tasks: dict[str, TaskSpec], train: list[Record]) -> list[TaskInfo]:
+def _first_with(table: RecordTable, task: str, code: int) -> str:
+    """The origin of the first record whose label for `task` is category `code`."""
+    return table.origins[int(np.flatnonzero(table.labels[task].codes == code)[0])]
+
+
+def _category_codes(table: RecordTable, task: str, encode: Callable[[Any, int], int]) -> np.ndarray:
+    """Each record's encoded label: `encode(value, code)` once per distinct value, not per record."""
+    column = table.labels[task]
+    mapping = np.asarray([encode(value, code) for code, value in enumerate(column.categories)], dtype=np.int64)
+    return mapping[column.codes] if len(column.codes) else np.zeros(0, dtype=np.int64)
+
+
+def discover_tasks(tasks: dict[str, TaskSpec], train: RecordTable) -> list[TaskInfo]:
     infos = []
     for name, spec in tasks.items():
         if spec.type == "binary":
-            for r in train:
-                _binary(r.labels[name], r.origin, name)
+            _category_codes(train, name, lambda value, code: _binary(value, _first_with(train, name, code), name))
             infos.append(TaskInfo(name, "binary", ("0", "1")))
             continue
-        classes = sorted({_label_text(r.labels[name]) for r in train} - {""}, key=_sort_key)
-        empty = next((r for r in train if _label_text(r.labels[name]) == ""), None)
-        if empty is not None:
-            raise UserError(f"{empty.origin}: task {name!r}: empty label")
+        column = train.labels[name]
+        texts = [_label_text(value) for value in column.categories]
+        if "" in texts:
+            raise UserError(f"{_first_with(train, name, texts.index(''))}: task {name!r}: empty label")
+        classes = sorted(set(texts), key=_sort_key)
         if len(classes) < 2:
             raise UserError(f"task {name!r}: train has only {len(classes)} class(es) ({', '.join(classes)}); need at least 2")
         infos.append(TaskInfo(name, "multiclass", tuple(classes)))
     return infos
 
 
-def encode_labels(records: list[Record], tasks: list[TaskInfo], split: str) -> dict[str, list[int]]:
-    encoded: dict[str, list[int]] = {}
+def encode_labels(records: RecordTable, tasks: list[TaskInfo], split: str) -> dict[str, np.ndarray]:
+    """Per task, every record's class index (int64), checked once per distinct label."""
+    encoded: dict[str, np.ndarray] = {}
     for task in tasks:
         if task.type == "binary":
-            encoded[task.name] = [_binary(r.labels[task.name], r.origin, task.name) for r in records]
+            encoded[task.name] = _category_codes(
+                records, task.name, lambda value, code: _binary(value, _first_with(records, task.name, code), task.name))
             continue
         index = {c: i for i, c in enumerate(task.classes)}
-        values = []
-        for r in records:
-            label = _label_text(r.labels[task.name])
+
+        def encode(value: Any, code: int) -> int:
+            label = _label_text(value)
             if label not in index:
-                raise UserError(f"{r.origin}: task {task.name!r}: label {label!r} in {split} never appears in train "
-                                f"(train classes: {', '.join(task.classes)})")
-            values.append(index[label])
-        encoded[task.name] = values
+                raise UserError(f"{_first_with(records, task.name, code)}: task {task.name!r}: label {label!r} in "
+                                f"{split} never appears in train (train classes: {', '.join(task.classes)})")
+            return index[label]
+
+        encoded[task.name] = _category_codes(records, task.name, encode)
     return encoded

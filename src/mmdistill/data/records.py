@@ -1,13 +1,26 @@
-"""What every data source produces: records that remember where they came from.
+"""What every data source produces: records that remember where they came from, held by column.
 
 A record keeps its `origin` ("metadata_train.csv line 12") so every later error about it
 (unreadable image, unknown label) can name the file and row the user has to fix.
+
+A split's records are a `RecordTable`: one flat numpy buffer per column (`StringColumn` for
+paths, texts and origins, `VectorColumn` for embeddings, `CategoryColumn` for labels), not one
+Python object per record. At a million records that is a few arrays instead of millions of
+dicts and strings; DataLoader workers forked from the main process share the buffers instead of
+copying them (reading a Python object writes its reference count, which copies its memory page
+into every worker over an epoch); and a cache key hashes a column in one call (`digest`)
+instead of record by record. Each image path also carries the size and mtime its file had when
+the data was read (`FileStats`): the one `stat` of that file in a run, which every key reuses.
+`table[i]` still gives a `Record`, built on demand, to code that reads one record at a time.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
 
 
 @dataclass
@@ -17,11 +30,264 @@ class Record:
     labels: dict[str, Any]
 
 
+def _offsets(lengths: Sequence[int]) -> np.ndarray:
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(np.asarray(lengths, dtype=np.int64), out=offsets[1:])
+    return offsets
+
+
+class StringColumn:
+    """Strings packed as UTF-8 in one byte buffer with int64 offsets."""
+
+    def __init__(self, data: np.ndarray, offsets: np.ndarray):
+        self.data, self.offsets = data, offsets
+
+    @classmethod
+    def of(cls, strings: Iterable[str]) -> "StringColumn":
+        encoded = [s.encode("utf-8", "surrogatepass") for s in strings]
+        return cls(np.frombuffer(b"".join(encoded), dtype=np.uint8), _offsets([len(b) for b in encoded]))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> str:
+        return self.data[self.offsets[i]:self.offsets[i + 1]].tobytes().decode("utf-8", "surrogatepass")
+
+    def __iter__(self) -> Iterator[str]:
+        text, offsets = self.data.tobytes(), self.offsets.tolist()
+        for start, end in zip(offsets, offsets[1:]):
+            yield text[start:end].decode("utf-8", "surrogatepass")
+
+    def take(self, indices: Sequence[int]) -> "StringColumn":
+        return StringColumn.of(self[int(i)] for i in indices)
+
+    def digest(self, h: "hashlib._Hash") -> None:
+        h.update(self.offsets.tobytes())
+        h.update(self.data.tobytes())
+
+
+class VectorColumn:
+    """Float32 vectors (embeddings) packed in one buffer; a record without one has length 0."""
+
+    def __init__(self, data: np.ndarray, offsets: np.ndarray):
+        self.data, self.offsets = data, offsets
+
+    @classmethod
+    def of(cls, vectors: Iterable[np.ndarray | None]) -> "VectorColumn":
+        parts = [np.zeros(0, np.float32) if v is None else np.asarray(v, np.float32).ravel() for v in vectors]
+        data = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        return cls(data, _offsets([len(p) for p in parts]))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray | None:
+        start, end = self.offsets[i], self.offsets[i + 1]
+        return None if start == end else self.data[start:end]
+
+    def __iter__(self) -> Iterator[np.ndarray | None]:
+        return (self[i] for i in range(len(self)))
+
+    def take(self, indices: Sequence[int]) -> "VectorColumn":
+        return VectorColumn.of(self[int(i)] for i in indices)
+
+    def digest(self, h: "hashlib._Hash") -> None:
+        h.update(self.offsets.tobytes())
+        h.update(self.data.tobytes())
+
+
+class CategoryColumn:
+    """Values with few distinct members (labels): an int32 code per record and the distinct
+    values once, in order of first appearance."""
+
+    def __init__(self, codes: np.ndarray, categories: list[Any]):
+        self.codes, self.categories = codes, categories
+
+    @classmethod
+    def of(cls, values: Iterable[Any]) -> "CategoryColumn":
+        index: dict[Any, int] = {}
+        categories: list[Any] = []
+        codes = []
+        for value in values:
+            key = (type(value), value) if value is None or isinstance(value, (str, int, float, bool)) else repr(value)
+            code = index.get(key)
+            if code is None:
+                code = index[key] = len(categories)
+                categories.append(value)
+            codes.append(code)
+        return cls(np.asarray(codes, dtype=np.int32), categories)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.categories[self.codes[i]]
+
+    def __iter__(self) -> Iterator[Any]:
+        categories = self.categories
+        return (categories[c] for c in self.codes.tolist())
+
+    def take(self, indices: Sequence[int]) -> "CategoryColumn":
+        return CategoryColumn(self.codes[np.asarray(indices, dtype=np.int64)], self.categories)
+
+    def digest(self, h: "hashlib._Hash") -> None:
+        h.update(self.codes.tobytes())
+        h.update(repr([(type(c).__name__, c) for c in self.categories]).encode())
+
+
+@dataclass
+class FileStats:
+    """Size and mtime (ns) of each file of an image column when the data was read."""
+
+    size: np.ndarray
+    mtime_ns: np.ndarray
+
+    def take(self, indices: Sequence[int]) -> "FileStats":
+        idx = np.asarray(indices, dtype=np.int64)
+        return FileStats(self.size[idx], self.mtime_ns[idx])
+
+    def digest(self, h: "hashlib._Hash") -> None:
+        h.update(self.size.tobytes())
+        h.update(self.mtime_ns.tobytes())
+
+
+Column = StringColumn | VectorColumn | CategoryColumn
+
+
+class RecordTable(Sequence[Record]):
+    """One split's records, column by column.
+
+    `values[modality]` is one column, or a tuple of columns for a stacked image (one per file);
+    `stats[modality]` holds the matching `FileStats` of image modalities. `digest(name)` hashes a
+    column (with its file stats) once and remembers it: every cache key of a run reuses it."""
+
+    def __init__(self, origins: StringColumn, values: dict[str, Column | tuple[StringColumn, ...]],
+                 labels: dict[str, CategoryColumn], stats: dict[str, tuple[FileStats, ...]] | None = None):
+        self.origins, self.values, self.labels = origins, values, labels
+        self.stats = stats or {}
+        self._digests: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.origins)
+
+    def value(self, name: str, i: int) -> Any:
+        column = self.values[name]
+        return tuple(c[i] for c in column) if isinstance(column, tuple) else column[i]
+
+    def __getitem__(self, i: int) -> Record:  # type: ignore[override]
+        if isinstance(i, slice):
+            raise TypeError("RecordTable takes an index; use take() for several")
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return Record(origin=self.origins[i], values={name: self.value(name, i) for name in self.values},
+                      labels={task: column[i] for task, column in self.labels.items()})
+
+    def __iter__(self) -> Iterator[Record]:
+        return (self[i] for i in range(len(self)))
+
+    def column(self, name: str) -> Any:
+        return self.values[name]
+
+    def take(self, indices: Sequence[int]) -> "RecordTable":
+        """The records at `indices`, in that order (a subsample, a split of a table)."""
+        values = {n: (tuple(c.take(indices) for c in col) if isinstance(col, tuple) else col.take(indices))
+                  for n, col in self.values.items()}
+        stats = {n: tuple(s.take(indices) for s in parts) for n, parts in self.stats.items()}
+        return RecordTable(self.origins.take(indices), values, {t: c.take(indices) for t, c in self.labels.items()},
+                           stats)
+
+    def digest(self, name: str) -> str:
+        """A hash of column `name` (a modality, its files' sizes and mtimes included, or
+        `label:<task>`), computed once per table."""
+        found = self._digests.get(name)
+        if found is None:
+            h = hashlib.sha256(f"{name} {len(self)}".encode())
+            if name.startswith("label:"):
+                self.labels[name[len("label:"):]].digest(h)
+            else:
+                column = self.values[name]
+                for part in column if isinstance(column, tuple) else (column,):
+                    part.digest(h)
+                for part in self.stats.get(name, ()):
+                    part.digest(h)
+            found = self._digests[name] = h.hexdigest()
+        return found
+
+
+class TableBuilder:
+    """Collects one split's records row by row, then packs them into a `RecordTable`: the only
+    moment a split exists as Python objects is while it is read, a column at a time."""
+
+    def __init__(self, modalities: dict[str, str], parts: dict[str, int], tasks: Iterable[str]):
+        self.kinds, self.parts = modalities, parts
+        self.origins: list[str] = []
+        self.values: dict[str, list[Any]] = {n: [] for n in modalities}
+        self.sizes: dict[str, list[list[int]]] = {n: [[] for _ in range(parts.get(n, 1))]
+                                                  for n, k in modalities.items() if k in ("image", "stacked_image")}
+        self.mtimes: dict[str, list[list[int]]] = {n: [[] for _ in range(parts.get(n, 1))] for n in self.sizes}
+        self.labels: dict[str, list[Any]] = {t: [] for t in tasks}
+
+    def add(self, origin: str, values: dict[str, Any], labels: dict[str, Any],
+            stats: dict[str, Sequence[tuple[int, int]]]) -> None:
+        self.origins.append(origin)
+        for name, value in values.items():
+            self.values[name].append(value)
+        for name, files in stats.items():
+            for part, (size, mtime) in enumerate(files):
+                self.sizes[name][part].append(size)
+                self.mtimes[name][part].append(mtime)
+        for task, value in labels.items():
+            self.labels[task].append(value)
+
+    def __len__(self) -> int:
+        return len(self.origins)
+
+    def build(self) -> RecordTable:
+        values: dict[str, Any] = {}
+        for name, kind in self.kinds.items():
+            column = self.values.pop(name)
+            if kind == "stacked_image":
+                values[name] = tuple(StringColumn.of(str(v[p]) for v in column) for p in range(self.parts[name]))
+            elif kind == "embedding":
+                values[name] = VectorColumn.of(column)
+            else:
+                values[name] = StringColumn.of(str(v) for v in column)
+        stats = {name: tuple(FileStats(np.asarray(s, np.int64), np.asarray(m, np.int64))
+                             for s, m in zip(self.sizes[name], self.mtimes[name])) for name in self.sizes}
+        return RecordTable(StringColumn.of(self.origins), values,
+                           {t: CategoryColumn.of(v) for t, v in self.labels.items()}, stats)
+
+
+def table_of(records: Sequence[Record], kinds: dict[str, str]) -> RecordTable:
+    """A `RecordTable` of Record objects (tests, small sources), stat-ing image files now."""
+    import os
+
+    first = records[0] if records else None
+    parts = {n: len(first.values[n]) for n, k in kinds.items() if k == "stacked_image"} if first else {}
+    builder = TableBuilder(kinds, parts, first.labels if first else [])
+    for r in records:
+        stats = {}
+        for name, kind in kinds.items():
+            if kind in ("image", "stacked_image"):
+                paths = r.values[name] if kind == "stacked_image" else (r.values[name],)
+                stats[name] = []
+                for p in paths:
+                    try:
+                        st = os.stat(p)
+                        stats[name].append((st.st_size, st.st_mtime_ns))
+                    except OSError:
+                        stats[name].append((-1, -1))
+        builder.add(r.origin, {n: r.values[n] for n in kinds}, r.labels, stats)
+    return builder.build()
+
+
 @dataclass
 class SplitRecords:
     """The records of the three splits, plus the file each split came from."""
 
-    splits: dict[str, list[Record]] = field(default_factory=dict)
+    splits: dict[str, RecordTable] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     # column -> embedding size, from a source that knows it even when no record has one
     embedding_sizes: dict[str, int] = field(default_factory=dict)

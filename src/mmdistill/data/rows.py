@@ -8,6 +8,8 @@ data root and checking columns happens here once, with errors naming the origin.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mmdistill.config.schema import SPLITS, ExperimentConfig
-from mmdistill.data.records import Record, SplitRecords
+from mmdistill.data.records import SplitRecords, TableBuilder
 from mmdistill.errors import UserError
 
 Row = tuple[str, dict[str, Any]]
@@ -26,22 +28,27 @@ class RawSplits:
     """What a source yields: rows per split, the file each split came from, and (optionally)
     the columns known up front (a CSV header), so a missing column is named once per file."""
 
-    rows: dict[str, list[Row]] = field(default_factory=lambda: {s: [] for s in SPLITS})
+    # a list, or an iterator read once (a large file is never held as rows)
+    rows: dict[str, Any] = field(default_factory=lambda: {s: [] for s in SPLITS})
     files: dict[str, str] = field(default_factory=dict)
     headers: dict[str, list[str]] = field(default_factory=dict)
     embedding_sizes: dict[str, int] = field(default_factory=dict)  # column -> size, when the source knows it
 
 
-def _resolve_image(value: Any, image_root: Path, origin: str, column: str) -> Path:
-    """The path the user's table gives: absolute as written (seed 002's CSV lists
-    /path/to/rgb_001.jpg), relative to `image_root` (default: `root`) otherwise."""
+def _resolve_image(value: Any, image_root: str, origin: str, column: str) -> tuple[str, int, int]:
+    """The path the user's table gives (absolute as written, as seed 002's CSV lists
+    /path/to/rgb_001.jpg; relative to `image_root`, default `root`, otherwise), with its file's
+    size and mtime: the one `stat` of this file in a run, which every cache key reuses."""
     if not isinstance(value, str) or not value.strip():
         raise UserError(f"{origin}: column {column!r}: empty image path")
-    given = Path(value.strip()).expanduser()
-    path = (given if given.is_absolute() else image_root / given).resolve()
-    if not path.is_file():
+    path = os.path.normpath(os.path.join(image_root, os.path.expanduser(value.strip())))
+    try:
+        st = os.stat(path)
+    except OSError:
+        st = None
+    if st is None or not stat.S_ISREG(st.st_mode):
         raise UserError(f"{origin}: column {column!r}: image not found: {path}")
-    return path
+    return path, st.st_size, st.st_mtime_ns
 
 
 def _parse_embedding(value: Any, origin: str, column: str) -> np.ndarray | None:
@@ -78,24 +85,31 @@ def records_from_rows(config: ExperimentConfig, raw: RawSplits) -> SplitRecords:
         for column in required:
             if column not in header:
                 raise UserError(f"{path}: missing column {column!r} (columns: {', '.join(header)})")
-    out = SplitRecords(splits={s: [] for s in SPLITS}, files=dict(raw.files), embedding_sizes=dict(raw.embedding_sizes))
+    kinds = {name: m.kind for name, m in modalities.items()}
+    parts = {name: len(m.columns) for name, m in modalities.items() if m.kind == "stacked_image"}
+    out = SplitRecords(splits={}, files=dict(raw.files), embedding_sizes=dict(raw.embedding_sizes))
+    images = str(image_root.absolute())
     for split in SPLITS:
+        table = TableBuilder(kinds, parts, task_columns)
         for origin, row in raw.rows[split]:
             for column in required:
                 if column not in row:
                     raise UserError(f"{origin}: missing column {column!r}")
             values: dict[str, Any] = {}
+            stats: dict[str, list[tuple[int, int]]] = {}
             for name, modality in modalities.items():
                 if modality.kind == "image":
-                    values[name] = _resolve_image(row[modality.column], image_root, origin, modality.column)
+                    path, size, mtime = _resolve_image(row[modality.column], images, origin, modality.column)
+                    values[name], stats[name] = path, [(size, mtime)]
                 elif modality.kind == "stacked_image":
-                    values[name] = tuple(_resolve_image(row[c], image_root, origin, c) for c in modality.columns)
+                    resolved = [_resolve_image(row[c], images, origin, c) for c in modality.columns]
+                    values[name], stats[name] = tuple(r[0] for r in resolved), [r[1:] for r in resolved]
                 elif modality.kind == "embedding":
                     values[name] = _parse_embedding(row[modality.column], origin, modality.column)
                 else:
                     values[name] = "" if row[modality.column] is None else str(row[modality.column])
-            labels = {task: row[col] for task, col in task_columns.items()}
-            out.splits[split].append(Record(origin=origin, values=values, labels=labels))
-        if not out.splits[split]:
+            table.add(origin, values, {task: row[col] for task, col in task_columns.items()}, stats)
+        if not len(table):
             raise UserError(f"{raw.files.get(split, split)}: the {split} split is empty")
+        out.splits[split] = table.build()
     return out

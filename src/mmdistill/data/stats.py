@@ -101,18 +101,26 @@ def dataset_stats(records: list[Record], name: str, spec: Any, progress: bool = 
     return mean.tolist(), std.tolist()
 
 
-def resolve_image_stats(modalities: Mapping[str, ModalitySpec], train_records: list[Record],
+def resolve_image_stats(modalities: Mapping[str, ModalitySpec], train_records: Any,
                         used: set[str] | None = None, progress: bool = True,
-                        num_workers: int = 0) -> dict[str, ModalitySpec]:
+                        num_workers: int = 0, memo: Any = None) -> dict[str, ModalitySpec]:
     """Copies of `modalities` whose image modalities carry numbers for `mean` and `std`
-    (the words and null resolved); other modalities, and ones not in `used`, are as given."""
+    (the words and null resolved); other modalities, and ones not in `used`, are as given.
+    `memo` (`cache/stats.ImageStatsCache`) keeps `dataset` statistics across runs."""
     out: dict[str, ModalitySpec] = {}
     for name, spec in modalities.items():
         if spec.kind not in ("image", "stacked_image") or (used is not None and name not in used):
             out[name] = spec
             continue
         if spec.mean == "dataset":
-            mean, std = dataset_stats(train_records, name, spec, progress, num_workers)
+            key = memo.key(train_records, name, spec) if memo is not None and train_records else None
+            found = memo.get(key) if key is not None else None
+            if found is None:
+                mean, std = dataset_stats(train_records, name, spec, progress, num_workers)
+                if key is not None:
+                    memo.put(key, mean, std, name)
+            else:
+                mean, std = found
         elif spec.mean == "imagenet":
             mean, std = imagenet_stats(_parts(spec))
         elif spec.mean is None:

@@ -61,12 +61,14 @@ def _columns(path: Path) -> list[str] | None:
 
 
 def read_split_file(raw: RawSplits, split: str, path: Path) -> None:
-    """All rows of `path` become split `split`, with its header kept to name missing columns."""
+    """All rows of `path` become split `split`, with its header kept to name missing columns.
+    The rows are an iterator: at a million rows, a list of row dicts would cost more memory than
+    everything the run keeps of them (`data/records.py`)."""
     raw.files[split] = str(path)
     header = _columns(path)
     if header is not None:
         raw.headers[str(path)] = header
-    raw.rows[split] = list(read_rows(path))
+    raw.rows[split] = read_rows(path)  # read as the records are built, never held as rows
 
 
 def read_table(spec: TableSourceSpec) -> RawSplits:

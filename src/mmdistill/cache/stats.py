@@ -1,0 +1,62 @@
+"""`mean: dataset` statistics, computed once per train split and image settings.
+
+Seed 004's `compute_stats` decodes every train image to get its per-channel mean and std, and a
+run needs them before anything else (the datasets normalise with them, the teacher-output keys
+hash them). Without a memo every run, re-run and sweep variant decoded the whole train split
+again, as much work as building the decoded-image cache. The key hashes the modality's
+settings and the train column of image paths with each file's size and mtime (the digest the
+records already carry, `data/records.py`), so a changed, added or touched image is a new entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from mmdistill.cache import kind_dir
+from mmdistill.io import write_json_atomic
+
+if TYPE_CHECKING:
+    from mmdistill.config.schema import ExperimentConfig
+    from mmdistill.data.records import RecordTable
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when data/stats.py computes the numbers differently
+
+
+class ImageStatsCache:
+    """What `data/stats.resolve_image_stats` asks before decoding a train split, and tells after."""
+
+    def __init__(self, config: "ExperimentConfig"):
+        self.folder = kind_dir(config, "stats")
+
+    @staticmethod
+    def key(train: "RecordTable", name: str, spec: Any) -> str:
+        h = hashlib.sha256(json.dumps({"format": FORMAT, "kind": spec.kind, "channels": spec.channels,
+                                       "size": spec.size}, sort_keys=True, default=str).encode())
+        h.update(train.digest(name).encode())
+        return h.hexdigest()[:24]
+
+    def get(self, key: str) -> tuple[list[float], list[float]] | None:
+        path = self.folder / f"{key}.json"
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(stored, dict) or stored.get("key") != key:
+            return None
+        try:
+            path.touch()  # used: `mmdistill cache --older-than` keeps it
+        except OSError:
+            pass
+        return list(stored["mean"]), list(stored["std"])
+
+    def put(self, key: str, mean: list[float], std: list[float], what: str) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.folder / f"{key}.json", {"key": key, "modality": what, "mean": mean, "std": std})
+        except OSError as exc:  # a cache only saves time
+            log.warning("could not write the image statistics cache in %s (%s); going on without it", self.folder, exc)
