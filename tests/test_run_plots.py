@@ -247,3 +247,24 @@ def test_write_run_plots_maps_every_sample_for_0_null_or_more_than_the_split(run
     _, data, models = run
     write_run_plots(tmp_path, {"student": models["student"]}, data, batch_size=16, samples=samples, seed=3)
     assert recorded_tsne.shapes == [(len(data.datasets["test"]), 8)]
+
+
+def test_probe_features_embed_only_the_drawn_train_rows(run):
+    from mmdistill.eval.probe import probe_features, probe_rows, probe_splits
+
+    _, data, models = run
+    model = models["student"]
+    seen, handle = _count_embedded(model)
+    try:
+        features = probe_features(model, data, 16, seed=3, samples=10)
+    finally:
+        handle.remove()
+    sizes = {s: len(data.datasets[s]) for s in ("dev", "test")}
+    assert {s: len(v) for s, v in features.items()} == {"train": 10, **sizes}  # dev and test in full
+    assert sum(seen) == 10 + sum(sizes.values())
+    full = collect_features(model, data, "train", 16)[0]
+    np.testing.assert_allclose(features["train"], full[probe_rows(data, 3, 10)], rtol=1e-5, atol=1e-6)
+    # scored alike from the drawn rows or from the whole train split, on every test row
+    drawn = probe_splits(features, data, seed=3, samples=10)
+    whole = probe_splits({**features, "train": full}, data, seed=3, samples=10)
+    assert drawn == whole and drawn["test"]["tasks"]["finding"]["n"] == sizes["test"]
