@@ -249,6 +249,33 @@ def test_write_run_plots_maps_every_sample_for_0_null_or_more_than_the_split(run
     assert recorded_tsne.shapes == [(len(data.datasets["test"]), 8)]
 
 
+def test_report_stage_maps_logging_plot_samples_with_the_run_seed(run, no_umap, recorded_tsne, tmp_path, monkeypatch):
+    """The report stage draws `logging.plot_samples` test rows by the run's `seed`."""
+    from types import SimpleNamespace
+
+    import mmdistill.eval.embeddings as embeddings
+    from mmdistill.eval.sampling import sample_rows
+    from mmdistill.run.stages.report import ReportStage
+
+    config, data, models = run
+    drawn = []
+    real = embeddings.collect_features
+    monkeypatch.setattr(embeddings, "collect_features",
+                        lambda *a, rows=None, **k: drawn.append(rows) or real(*a, rows=rows, **k))
+    test = data.datasets["test"]
+    for samples, expected in ((5, sample_rows(len(test), 5, config.seed, test.labels["finding"])), (None, None)):
+        recorded_tsne.shapes.clear()
+        drawn.clear()
+        cfg = config.model_copy(update={"logging": config.logging.model_copy(update={"plot_samples": samples})})
+        ReportStage._plots(SimpleNamespace(config=cfg, data=data, log=SimpleNamespace(rows=[]), precomputed=None,
+                                           teacher=models["teacher"], student=models["student"],
+                                           dir=SimpleNamespace(path=tmp_path)))
+        n = len(test) if samples is None else samples
+        assert [shape[0] for shape in recorded_tsne.shapes] == [n, n]
+        assert len(drawn) == 2 and all(np.array_equal(r, expected) if expected is not None else r is None
+                                       for r in drawn)
+
+
 def test_probe_features_embed_only_the_drawn_train_rows(run):
     from mmdistill.eval.probe import probe_features, probe_rows, probe_splits
 
