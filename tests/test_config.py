@@ -112,3 +112,15 @@ def test_unknown_fusion_and_fusion_param(tmp_path, demo_root):
 def test_unknown_preset(tmp_path, demo_root):
     msg = _error(tmp_path, demo_root, lambda d: d.update(objective={"preset": "nope"}))
     assert "objective.preset: unknown preset 'nope'" in msg
+
+
+@pytest.mark.parametrize("key", ["plot_samples", "probe_samples"])
+def test_sample_counts_refuse_a_negative_and_take_zero_or_null_for_all(tmp_path, demo_root, key):
+    msg = _error(tmp_path, demo_root, lambda d: d["logging"].update({key: -1}))
+    assert f"logging.{key}" in msg and "-1" in msg
+    for value in (0, None, 5):
+        data = tiny_config(demo_root, tmp_path / "runs")
+        data["logging"][key] = value
+        assert getattr(load_config(write_config(tmp_path / "ok.yaml", data)).logging, key) == value
+    assert load_config(write_config(tmp_path / "d.yaml", tiny_config(demo_root, tmp_path / "runs"))).logging \
+        .model_dump(include={"plot_samples", "probe_samples"}) == {"plot_samples": 2000, "probe_samples": 20000}

@@ -89,3 +89,40 @@ def test_single_class_train_split_predicts_that_class():
 def test_empty_split_is_an_error_that_says_so():
     with pytest.raises(ValueError, match="0 eval"):
         probe_scores(np.ones((3, 2)), {"kind": np.zeros(3)}, np.ones((0, 2)), {"kind": np.zeros(0)}, [MC])
+
+
+def _bundle(train_y: np.ndarray, dev_y: np.ndarray, test_y: np.ndarray):
+    """What probe_splits reads of a DataBundle: tasks, and each split's length and labels."""
+    from types import SimpleNamespace
+
+    class Split(SimpleNamespace):
+        def __len__(self):
+            return len(self.labels["kind"])
+
+    return SimpleNamespace(tasks=[MC], datasets={s: Split(labels={"kind": y}) for s, y in
+                                                 (("train", train_y), ("dev", dev_y), ("test", test_y))})
+
+
+def test_probes_fit_on_the_drawn_train_rows_and_score_every_test_row(monkeypatch):
+    import mmdistill.eval.probe as probe
+
+    train_x, train_y = _clusters(40, 0)
+    eval_x, eval_y = _clusters(10, 1)
+    data = _bundle(train_y, eval_y, eval_y)
+    features = {"train": train_x, "dev": eval_x, "test": eval_x}
+    fitted = []
+    real = probe._linear
+    monkeypatch.setattr(probe, "_linear", lambda x, y, seed: fitted.append(len(x)) or real(x, y, seed))
+    out = probe.probe_splits(features, data, seed=3, samples=12)
+    assert fitted == [12, 12]  # dev and test: one fit each, on the 12 drawn rows
+    assert out["test"]["tasks"]["kind"]["n"] == len(eval_y) and out["test"]["score"] == 1.0
+    rows = probe.probe_rows(data, 3, 12)
+    assert sorted(np.bincount(train_y[rows])) == [4, 4, 4]  # stratified by the first task
+    # the drawn rows alone give the same scores as the whole split they are drawn from
+    assert probe.probe_splits({**features, "train": train_x[rows]}, data, seed=3, samples=12) == out
+    with pytest.raises(ValueError, match="neither the train split"):
+        probe.probe_splits({**features, "train": train_x[:7]}, data, seed=3, samples=12)
+    fitted.clear()
+    for every in (0, None, 1000):
+        probe.probe_splits(features, data, seed=3, samples=every)
+    assert fitted == [len(train_y)] * 6

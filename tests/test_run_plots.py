@@ -154,3 +154,144 @@ def test_fused_vectors_rebuilds_the_run_and_matches_collect_features(run, tmp_pa
     np.testing.assert_array_equal(out["labels"], labels["finding"])
     assert out["labels"].dtype == np.int64
     assert out["task"] == "finding" and out["classes"] == list(data.tasks[0].classes)
+
+
+# --------------------------------------------------------------------------- subsampled maps (logging.plot_samples)
+
+
+class _Recorder:
+    """Stands in for tsne_2d: records the shape of what it was given, lays nothing out."""
+
+    def __init__(self):
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __call__(self, vectors, seed=0):
+        self.shapes.append(np.asarray(vectors).shape)
+        return np.zeros((len(vectors), 2), dtype=np.float32)
+
+
+def _count_embedded(model) -> tuple[list[int], object]:
+    """How many samples pass through `model`'s forward, per call (a forward pre-hook)."""
+    seen: list[int] = []
+
+    def hook(_module, args):
+        first = next(v for v in args[0].values() if torch.is_tensor(v))
+        seen.append(len(first))
+
+    return seen, model.register_forward_pre_hook(hook)
+
+
+@pytest.fixture
+def recorded_tsne(monkeypatch):
+    import mmdistill.eval.embeddings as embeddings
+
+    recorder = _Recorder()
+    monkeypatch.setattr(embeddings, "tsne_2d", recorder)
+    return recorder
+
+
+def test_collect_features_at_rows_embeds_only_those_rows(run):
+    _, data, models = run
+    model = models["teacher"]
+    full, full_labels = collect_features(model, data, "test", 8)
+    rows = np.array([1, 4, 5, 17, 30])
+    seen, handle = _count_embedded(model)
+    try:
+        vectors, labels = collect_features(model, data, "test", 2, rows=rows)
+    finally:
+        handle.remove()
+    assert sum(seen) == len(rows)  # the other rows were never embedded
+    np.testing.assert_allclose(vectors, full[rows], rtol=1e-5, atol=1e-6)
+    for name in full_labels:
+        np.testing.assert_array_equal(labels[name], full_labels[name][rows])
+
+
+def test_write_run_plots_maps_k_samples_the_same_for_every_role(run, no_umap, recorded_tsne, tmp_path, monkeypatch):
+    import mmdistill.eval.embeddings as embeddings
+
+    _, data, models = run
+    calls = []
+    real = embeddings.collect_features
+
+    def spy(model, data, split, batch_size, ref="fused", config=None, rows=None):
+        out = real(model, data, split, batch_size, ref, config, rows=rows)
+        calls.append((rows, out[1]))
+        return out
+
+    monkeypatch.setattr(embeddings, "collect_features", spy)
+    counters = {role: _count_embedded(m) for role, m in models.items()}
+    try:
+        written = write_run_plots(tmp_path, models, data, batch_size=4, samples=9, seed=3)
+    finally:
+        for _, handle in counters.values():
+            handle.remove()
+    assert len(written) == 2 and all(_is_png(p) for p in written)
+    assert recorded_tsne.shapes == [(9, 16), (9, 8)]  # teacher (16-d), student (8-d): K points each
+    assert all(sum(seen) == 9 for seen, _ in counters.values())  # only the K rows were embedded
+    (teacher_rows, teacher_labels), (student_rows, student_labels) = calls
+    assert len(teacher_rows) == 9 and len(set(teacher_rows.tolist())) == 9
+    np.testing.assert_array_equal(teacher_rows, student_rows)  # the same samples for every role
+    np.testing.assert_array_equal(teacher_labels["finding"], student_labels["finding"])
+    # stratified by the first task: every class of the test split is on the map
+    assert set(teacher_labels["finding"]) == set(data.datasets["test"].labels["finding"])
+    # a function of the seed: the same rows again, other rows for another seed
+    write_run_plots(tmp_path, models, data, batch_size=4, samples=9, seed=3)
+    np.testing.assert_array_equal(calls[2][0], teacher_rows)
+    write_run_plots(tmp_path, models, data, batch_size=4, samples=9, seed=4)
+    assert not np.array_equal(calls[4][0], teacher_rows)
+
+
+@pytest.mark.parametrize("samples", [0, None, 32, 1000])
+def test_write_run_plots_maps_every_sample_for_0_null_or_more_than_the_split(run, no_umap, recorded_tsne, tmp_path,
+                                                                            samples):
+    _, data, models = run
+    write_run_plots(tmp_path, {"student": models["student"]}, data, batch_size=16, samples=samples, seed=3)
+    assert recorded_tsne.shapes == [(len(data.datasets["test"]), 8)]
+
+
+def test_report_stage_maps_logging_plot_samples_with_the_run_seed(run, no_umap, recorded_tsne, tmp_path, monkeypatch):
+    """The report stage draws `logging.plot_samples` test rows by the run's `seed`."""
+    from types import SimpleNamespace
+
+    import mmdistill.eval.embeddings as embeddings
+    from mmdistill.eval.sampling import sample_rows
+    from mmdistill.run.stages.report import ReportStage
+
+    config, data, models = run
+    drawn = []
+    real = embeddings.collect_features
+    monkeypatch.setattr(embeddings, "collect_features",
+                        lambda *a, rows=None, **k: drawn.append(rows) or real(*a, rows=rows, **k))
+    test = data.datasets["test"]
+    for samples, expected in ((5, sample_rows(len(test), 5, config.seed, test.labels["finding"])), (None, None)):
+        recorded_tsne.shapes.clear()
+        drawn.clear()
+        cfg = config.model_copy(update={"logging": config.logging.model_copy(update={"plot_samples": samples})})
+        ReportStage._plots(SimpleNamespace(config=cfg, data=data, log=SimpleNamespace(rows=[]), precomputed=None,
+                                           teacher=models["teacher"], student=models["student"],
+                                           dir=SimpleNamespace(path=tmp_path)))
+        n = len(test) if samples is None else samples
+        assert [shape[0] for shape in recorded_tsne.shapes] == [n, n]
+        assert len(drawn) == 2 and all(np.array_equal(r, expected) if expected is not None else r is None
+                                       for r in drawn)
+
+
+def test_probe_features_embed_only_the_drawn_train_rows(run):
+    from mmdistill.eval.probe import probe_features, probe_rows, probe_splits
+
+    _, data, models = run
+    model = models["student"]
+    seen, handle = _count_embedded(model)
+    try:
+        features = probe_features(model, data, 16, seed=3, samples=10)
+    finally:
+        handle.remove()
+    sizes = {s: len(data.datasets[s]) for s in ("dev", "test")}
+    assert {s: len(v) for s, v in features.items()} == {"train": 10, **sizes}  # dev and test in full
+    assert sum(seen) == 10 + sum(sizes.values())
+    full = collect_features(model, data, "train", 16)[0]
+    np.testing.assert_allclose(features["train"], full[probe_rows(data, 3, 10)], rtol=1e-5, atol=1e-6)
+    # scored alike from the drawn rows or from the whole train split, on every test row
+    drawn = probe_splits(features, data, seed=3, samples=10)
+    whole = probe_splits({**features, "train": full}, data, seed=3, samples=10)
+    assert drawn == whole and drawn["test"]["tasks"]["finding"]["n"] == sizes["test"]

@@ -543,6 +543,13 @@ class WandbSpec(Strict):
 class LoggingSpec(Strict):
     progress_bar: bool = True
     plots: bool = True
+    plot_samples: Optional[int] = Field(
+        2000, ge=0, description="points per t-SNE/UMAP map: a random draw (stratified by the first task, seeded by "
+                                "`seed`) of the test split, the same rows for every model; 0 or null: every row")
+    probe_samples: Optional[int] = Field(
+        20000, ge=0, description="train rows the linear and k-NN probes fit on (a precomputed teacher, its "
+                                 "student): a random draw stratified by the first task, seeded by `seed`; 0 or "
+                                 "null: every row. The probes still score the whole dev and test splits")
     log_every_n_steps: int = Field(10, ge=1)
     trackers: list[str] = Field(default_factory=lambda: ["csv"], description=(
         "where epoch metrics, the config, final results and plots go: csv (metrics.csv, always written), "

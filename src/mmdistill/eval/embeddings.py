@@ -2,7 +2,9 @@
 umap_student.png).
 
 One collector serves the per-run plots, the sweep report's t-SNE and the probes, so all three
-look at the same vectors: eval mode, no augmentation, dataset order.
+look at the same vectors: eval mode, no augmentation, dataset order. The per-run maps embed only
+a draw of `logging.plot_samples` test rows (`eval/sampling.py`), the same rows for every model:
+a t-SNE of a whole large split takes hours, and only the drawn rows are ever embedded.
 UMAP comes from umap-learn, an optional extra (`pip install mmdistill[umap]`): it pulls in
 numba, which most installs do not need, so without it the UMAP maps are skipped with one
 logged line and t-SNE (scikit-learn) is drawn alone.
@@ -16,8 +18,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from mmdistill.distributed import autocast, compute_device
+from mmdistill.eval.sampling import sample_rows
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +31,12 @@ TITLES = {"tsne": "t-SNE", "umap": "UMAP"}
 
 @torch.no_grad()
 def collect_features(model: Any, data: Any, split: str, batch_size: int, ref: str = "fused",
-                     config: Any = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                     config: Any = None, rows: Sequence[int] | np.ndarray | None = None,
+                     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """([N, D] float32 vectors of feature `ref`, {task: [N] labels}) of `split`, in dataset
     order; `ref` as loss terms name features (`fused`, `embedding:<m>`, `projection:<m>`).
+    `rows`: only these dataset indices, in the order given (N = len(rows)); the others are
+    never loaded nor embedded.
 
     Labels keep the dataset's dtypes (binary 0/1 floats, multiclass int64). The model is put in
     eval mode (no dropout, no modality masking) and given back in the mode it came in. With
@@ -46,8 +53,12 @@ def collect_features(model: Any, data: Any, split: str, batch_size: int, ref: st
     labels: dict[str, list[np.ndarray]] = {t.name: [] for t in data.tasks}
     try:
         # the data, not one random draw of augmentations; only the modalities this model reads
-        for batch in data.loader(split, batch_size, shuffle=False, seed=0, modalities=set(model.modalities),
-                                 augment=False):
+        loader = data.loader(split, batch_size, shuffle=False, seed=0, modalities=set(model.modalities),
+                             augment=False)
+        if rows is not None:  # the same dataset view, read at `rows` instead of in full
+            loader = DataLoader(loader.dataset, batch_size=batch_size, sampler=[int(i) for i in rows],
+                                collate_fn=loader.collate_fn)
+        for batch in loader:
             inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch["inputs"].items()}
             with autocast(config, device):
                 vectors.append(model(inputs).feature(ref).float().cpu().numpy())
@@ -123,9 +134,14 @@ def plot_embedding_map(vectors: np.ndarray, labels: np.ndarray, classes: Sequenc
 
 
 def write_run_plots(run_dir: Path, models: dict[str, Any], data: Any, batch_size: int,
-                    methods: Sequence[str] = METHODS, split: str = "test", config: Any = None) -> list[Path]:
+                    methods: Sequence[str] = METHODS, split: str = "test", config: Any = None,
+                    samples: int | None = None, seed: int = 0) -> list[Path]:
     """plots/{method}_{role}.png for every model (e.g. {"teacher": ..., "student": ...}),
-    coloured by the first task. Each model's vectors are collected once for all methods."""
+    coloured by the first task. Each model's vectors are collected once for all methods.
+
+    `samples`: points per map, drawn once from `split` by `seed` (stratified by the first
+    task, `eval/sampling.py`) and embedded for every model, so the maps show the same
+    samples; 0 or None: the whole split."""
     methods = list(methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -134,12 +150,15 @@ def write_run_plots(run_dir: Path, models: dict[str, Any], data: Any, batch_size
         _skip_umap()  # once per run, not once per model
         methods.remove("umap")
     task = data.tasks[0]
+    total = len(data.datasets[split])
+    rows = sample_rows(total, samples, seed, strata=data.datasets[split].labels[task.name])
+    drawn = f"{split}, {len(rows)} of {total}" if rows is not None else split
     written: list[Path] = []
     for role, model in models.items():
-        vectors, labels = collect_features(model, data, split, batch_size, config=config)
+        vectors, labels = collect_features(model, data, split, batch_size, config=config, rows=rows)
         for method in methods:
             path = Path(run_dir) / "plots" / f"{method}_{role}.png"
-            title = f"{TITLES[method]} of the {role}'s fused vectors ({split}, by {task.name})"
+            title = f"{TITLES[method]} of the {role}'s fused vectors ({drawn}, by {task.name})"
             if plot_embedding_map(vectors, labels[task.name], task.classes, title, path, method):
                 written.append(path)
     return written

@@ -7,6 +7,14 @@ get), k-NN whether same-class samples sit together by angle, which survives a no
 layout that defeats a linear head. Both are reported with the same headline F1 as every other
 metric (`eval/metrics.py`: positive-class F1 for a binary task, macro F1 over the classes
 present for a multiclass one), and the macro F1 beside it.
+
+On a large train split the probes fit on a draw of `logging.probe_samples` rows
+(`eval/sampling.py`: stratified by the first task, seeded by the run's seed) rather than on
+all of them: a logistic regression over a million rows, and a k-NN index holding them, cost
+far more than what the probe measures needs. They still score the whole dev and test splits:
+predicting is one matrix product per split (k-NN: distances to the drawn rows only), and
+scoring every test row keeps the probe's test numbers free of sampling noise and on the same
+rows as every other model's test metrics, which a sweep compares them with.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from sklearn.preprocessing import StandardScaler
 
 from mmdistill.data.labels import TaskInfo
 from mmdistill.eval.metrics import headline_f1
+from mmdistill.eval.sampling import sample_rows
 
 if TYPE_CHECKING:
     from mmdistill.data.dataset import DataBundle
@@ -79,11 +88,43 @@ def probe_scores(train_x: np.ndarray, train_y: dict[str, np.ndarray], eval_x: np
     return {"score": float(np.mean([m["f1"] for m in per_task.values()])), "tasks": per_task}
 
 
-def probe_splits(features: dict[str, np.ndarray], data: "DataBundle", seed: int) -> dict[str, Any]:
-    """{"dev": M, "test": M}: probes fit on `features["train"]`, scored on dev and test. Used
-    for a precomputed teacher (its embeddings are all there is of it) and for the student of a
-    feature-KD run, so both are scored by the same procedure on the same splits."""
+def probe_rows(data: "DataBundle", seed: int, samples: int | None) -> np.ndarray | None:
+    """The train rows the probes fit on: `samples` of them drawn by `seed`, stratified by the
+    first task (`eval/sampling.py`); None for all (`samples` 0 or None, or the split is no
+    larger). The same for every model of a run, and on every call."""
+    train = data.datasets["train"]
+    return sample_rows(len(train), samples, seed, strata=train.labels[data.tasks[0].name])
+
+
+def probe_splits(features: dict[str, np.ndarray], data: "DataBundle", seed: int,
+                 samples: int | None = None) -> dict[str, Any]:
+    """{"dev": M, "test": M}: probes fit on the train rows `probe_rows(data, seed, samples)`,
+    scored on the whole dev and test splits. Used for a precomputed teacher (its embeddings
+    are all there is of it) and for the student of a feature-KD run, so both are scored by the
+    same procedure on the same rows.
+
+    `features["train"]` is either the whole train split (the rows are taken from it) or
+    already just those rows, in their order (`probe_features` collects only them)."""
     labels = {split: {t.name: np.asarray(ds.labels[t.name]) for t in data.tasks} for split, ds in data.datasets.items()}
-    return {split: probe_scores(features["train"], labels["train"], features[split], labels[split], data.tasks,
-                                seed=seed)
+    train_x, train_y = features["train"], labels["train"]
+    rows = probe_rows(data, seed, samples)
+    if rows is not None:
+        train_y = {name: y[rows] for name, y in train_y.items()}
+        if len(train_x) == len(data.datasets["train"]):
+            train_x = np.asarray(train_x)[rows]
+        elif len(train_x) != len(rows):
+            raise ValueError(f"probe train features have {len(train_x)} rows: neither the train split "
+                             f"({len(data.datasets['train'])}) nor its {len(rows)} drawn probe rows")
+    return {split: probe_scores(train_x, train_y, features[split], labels[split], data.tasks, seed=seed)
             for split in ("dev", "test")}
+
+
+def probe_features(model: Any, data: "DataBundle", batch_size: int, seed: int, samples: int | None,
+                   ref: str = "fused", config: Any = None) -> dict[str, np.ndarray]:
+    """{split: vectors} of a model for `probe_splits(..., seed, samples)`: only the drawn probe
+    rows of train are embedded, dev and test in full."""
+    from mmdistill.eval.embeddings import collect_features
+
+    rows = {"train": probe_rows(data, seed, samples)}
+    return {split: collect_features(model, data, split, batch_size, ref, config, rows=rows.get(split))[0]
+            for split in data.datasets}

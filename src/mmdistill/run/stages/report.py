@@ -99,7 +99,9 @@ class ReportStage(Stage):
         if run.log.rows:
             plot_curves(run.log.rows, run.dir / "plots/curves.png")
             plot_stage_curves(run.log.rows, run.dir / "plots")
-        # seed 002's t-SNE / UMAP of each model's fused test vectors
+        # seed 002's t-SNE / UMAP of each model's fused test vectors: of the same `plot_samples`
+        # test rows for every model, drawn by the run's seed (only those rows are embedded)
         roles = {"teacher": None if run.precomputed is not None else run.teacher, "student": run.student}
         write_run_plots(run.dir.path, {r: m for r, m in roles.items() if m is not None}, run.data,
-                        batch_size=run.config.training.student.batch_size, config=run.config)
+                        batch_size=run.config.training.student.batch_size, config=run.config,
+                        samples=run.config.logging.plot_samples, seed=run.config.seed)
