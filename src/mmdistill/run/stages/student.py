@@ -13,8 +13,7 @@ import logging
 import lightning as L
 
 from mmdistill.data.views import student_views
-from mmdistill.eval.embeddings import collect_features
-from mmdistill.eval.probe import probe_splits
+from mmdistill.eval.probe import probe_features, probe_splits
 from mmdistill.losses.objective import student_objective
 from mmdistill.models.build import build_model
 from mmdistill.models.checkpoints import load_weights
@@ -47,9 +46,10 @@ class StudentStage(Stage):
         run.student = student
         if run.precomputed is not None:  # the student's representation, scored as the teacher's was
             ref = next((r for t in objective.terms for role, r in t.features() if role == "student"), "fused")
-            features = {s: collect_features(student, data, s, config.training.student.batch_size, ref, config)[0]
-                        for s in data.datasets}
-            run.results["probe"]["student"] = {"feature": ref, **probe_splits(features, data, config.seed)}
+            samples = config.logging.probe_samples  # only the drawn train rows are embedded
+            features = probe_features(student, data, config.training.student.batch_size, config.seed, samples, ref,
+                                      config)
+            run.results["probe"]["student"] = {"feature": ref, **probe_splits(features, data, config.seed, samples)}
 
     def restore(self, run: RunContext, record: dict) -> None:
         """The record, and the student's best weights for the report and compress stages."""

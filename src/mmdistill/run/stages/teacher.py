@@ -31,7 +31,7 @@ class TeacherStage(Stage):
         if run.precomputed is not None:
             start = time.perf_counter()
             embeddings = {s: np.asarray(e[:, 0], dtype=np.float32) for s, e in run.precomputed.splits.items()}
-            probe = probe_splits(embeddings, run.data, config.seed)
+            probe = probe_splits(embeddings, run.data, config.seed, config.logging.probe_samples)
             run.stages[self.name] = StageResult(probe["dev"], probe["test"], None, time.perf_counter() - start)
             run.results["probe"] = {"teacher": probe}
         elif config.teacher.checkpoint is not None:
