@@ -21,7 +21,7 @@ from mmdistill.losses.objective import PRESETS, Objective, build_objective, chec
 from mmdistill.losses.relational import (ContrastiveDistance, MaximumMeanDiscrepancy, MMDParams, ProbabilisticKT,
                                          RelationalKD, RKDParams, SimilarityPreserving)
 from mmdistill.losses.terms import (TERMS, DecoupledKD, DKDParams, FocalLoss, FocalParams, KDParams, LogitKD,
-                                    LossBatch, TaskLoss, TaskParams)
+                                    LossBatch, TaskLoss, TaskParams, TeacherOutput)
 from mmdistill.models.net import ModelOutput, MultiModalNet, TaskInfo
 
 MC = TaskInfo("m", "multiclass", ("a", "b", "c", "d"))
@@ -465,6 +465,24 @@ def test_attention_transfer_matches_numpy(s_size, t_size, p):
     assert loss.item() == pytest.approx(np.mean(expected), rel=1e-9)
     loss.backward()
     assert _grad_ok(student.feature_maps["image"])
+
+
+@pytest.mark.parametrize("s_size,t_size,p", [((4, 4), (2, 2), 2.0), ((2, 3), (4, 4), 3.0)])
+def test_attention_transfer_reads_the_teachers_stored_map_as_it_derives_it(s_size, t_size, p):
+    """What the teacher-output cache stores for `at` is the teacher's normalised [1, H, W]
+    attention map (a TeacherOutput's derived field); the loss on it equals the loss on the raw map."""
+    rng = np.random.default_rng(2)
+    fs, ft = _t(rng.normal(size=(2, 3, *s_size))), _t(rng.normal(size=(2, 5, *t_size)))
+    term = AttentionTransfer(ATParams(p=p), [MC], _net([4], 4), _net([4, 6], 6))
+    name = f"attention_map:image:p={p}"
+    assert term.teacher_fields() == [name]
+    raw = ModelOutput(logits={}, feature_maps={"image": ft})
+    stored = term.derive_teacher_field(name, raw)
+    assert stored.shape == (2, 1, *t_size)
+    torch.testing.assert_close(stored.flatten(1).norm(dim=1), torch.ones(2, dtype=stored.dtype))
+    student = ModelOutput(logits={}, feature_maps={"image": fs})
+    cached = term(student, TeacherOutput(logits={}, derived={name: stored}), _batch())
+    assert cached.item() == term(student, raw, _batch()).item()
 
 
 def test_attention_transfer_runs_on_tiny_cnn_maps_of_different_sizes():

@@ -18,11 +18,13 @@ from mmdistill.config.schema import ExperimentConfig
 from mmdistill.data.dataset import load_data
 from mmdistill.data.views import ViewSampler
 from mmdistill.losses.objective import build_objective
+from mmdistill.losses.terms import LossBatch
 from mmdistill.cache import teacher_outputs as teacher_cache
 from mmdistill.models.build import build_model
+from mmdistill.models.net import ModelOutput
 from mmdistill.run.experiment import run_experiment
 from mmdistill.cache.keys import teacher_outputs_key as cache_key
-from mmdistill.train.teachers import CachedTeacher, FrozenTeacher, teacher_fields, teacher_source
+from mmdistill.train.teachers import CachedTeacher, FrozenTeacher, dev_teacher_source, teacher_fields, teacher_source
 
 # logit KD, feature regression on the fused vector, and attention transfer on the feature map:
 # one term per kind of stored field
@@ -32,6 +34,8 @@ TERMS = [
     {"term": "feat_l2", "weight": 0.2, "params": {"student": "fused", "teacher": "fused"}},
     {"term": "at", "weight": 0.2, "params": {"student": "feature_map:image", "teacher": "feature_map:image"}},
 ]
+
+AT_FIELD = "attention_map:image:p=2.0"  # the field attention transfer declares (p = 2, the default)
 
 
 def _config(demo_root, out, **cache) -> ExperimentConfig:
@@ -81,15 +85,88 @@ def _parts(config):
 def test_cached_outputs_equal_the_teachers_outputs_field_by_field(demo_root, tmp_path):
     config = _config(demo_root, tmp_path)
     data, teacher, objective = _parts(config)
-    assert teacher_fields(objective) == ["feature_map:image", "fused", "logits"]
+    # attention transfer stores the teacher's attention map, not its feature map (the next tests)
+    assert teacher_fields(objective) == [AT_FIELD, "fused", "logits"]
     source = teacher_source(config, teacher, objective, data)
     assert isinstance(source, CachedTeacher)
     batch = next(iter(data.loader("train", 8, shuffle=True, seed=3, modalities={"image"})))
     live, cached = FrozenTeacher(teacher)(batch), source(batch)
     torch.testing.assert_close(cached.fused, live.fused, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(cached.feature_maps["image"], live.feature_maps["image"], atol=1e-6, rtol=1e-5)
+    assert cached.feature_maps == {} and list(cached.derived) == [AT_FIELD]
+    at = objective.terms[objective.names.index("at")]
+    torch.testing.assert_close(cached.derived[AT_FIELD], at.derive_teacher_field(AT_FIELD, live), atol=1e-6, rtol=1e-5)
     for task in live.logits:
         torch.testing.assert_close(cached.logits[task], live.logits[task], atol=1e-6, rtol=1e-5)
+
+
+def _at_config(demo_root, out, p: float) -> ExperimentConfig:
+    """`_config` with attention transfer's exponent set to p."""
+    raw = _config(demo_root, out).model_dump(mode="json")
+    raw["objective"]["terms"][3]["params"]["p"] = p
+    return ExperimentConfig.model_validate(raw)
+
+
+def _loss_batch(batch) -> LossBatch:
+    return LossBatch(batch["labels"], batch["index"])
+
+
+@pytest.mark.parametrize("p", [2.0, 3.0])
+def test_cached_attention_transfer_loss_equals_the_live_teachers(demo_root, tmp_path, p):
+    config = _at_config(demo_root, tmp_path, p)
+    data, teacher, objective = _parts(config)
+    at = objective.terms[objective.names.index("at")]
+    assert at.teacher_fields() == [f"attention_map:image:p={p}"]
+    student = build_model(config, "student", data)
+    student.want_feature_maps.add("image")
+    source = teacher_source(config, teacher, objective, data)
+    assert isinstance(source, CachedTeacher)
+
+    batch = next(iter(data.loader("train", 8, shuffle=True, seed=3, modalities={"image"})))
+    s_out = student(batch["inputs"])
+    live, cached = FrozenTeacher(teacher)(batch), source(batch)
+    assert type(live) is ModelOutput and cached.feature_maps == {}  # live: derived from its map; cached: stored
+    loss_live, loss_cached = at(s_out, live, _loss_batch(batch)), at(s_out, cached, _loss_batch(batch))
+    assert loss_live.item() > 1e-4
+    assert loss_cached.item() == pytest.approx(loss_live.item(), abs=1e-6)
+    total_live, _ = objective(s_out, live, _loss_batch(batch))
+    total_cached, _ = objective(s_out, cached, _loss_batch(batch))
+    assert total_cached.item() == pytest.approx(total_live.item(), abs=1e-6)
+    loss_cached.backward()  # the student still learns through its own map
+    assert student.encoders["image"].backbone.blocks[0][0].weight.grad.abs().sum() > 0
+
+    # the dev loss's teacher outputs (computed once into memory) derive the same map
+    dev_source = dev_teacher_source(config, teacher, objective, data)
+    dev = next(iter(data.loader("dev", 8, shuffle=False, seed=0, modalities={"image"})))
+    with torch.no_grad():
+        s_dev = student(dev["inputs"])
+        from_memory = at(s_dev, dev_source(dev), _loss_batch(dev))
+        from_live = at(s_dev, FrozenTeacher(teacher)(dev), _loss_batch(dev))
+    assert from_memory.item() == pytest.approx(from_live.item(), abs=1e-6)
+
+
+def test_attention_transfer_stores_a_map_c_times_smaller_than_the_feature_map(demo_root, tmp_path):
+    config = _config(demo_root, tmp_path)
+    data, teacher, objective = _parts(config)
+    n = len(data.datasets["train"])
+    cached = teacher_source(config, teacher, objective, data).outputs
+    assert not any(f.startswith("feature_map:") for f in cached.by_field)  # no raw map in the store
+    # a store of the raw feature map, as kept before, for comparison
+    raw, _, _ = teacher_cache.open_teacher_outputs(config, teacher, data, ["feature_map:image", "fused", "logits"], 1)
+    c, h, w = raw.store.shape(raw.by_field["feature_map:image"])[1:]
+    assert c == 16 and raw.store.shape(raw.by_field["feature_map:image"]) == (n, c, h, w)
+    assert cached.store.shape(cached.by_field[AT_FIELD]) == (n, 1, h, w)  # one view: a [1, H, W] row per sample
+    rows = cached.read(np.arange(n), np.zeros(n, dtype=np.int64))[AT_FIELD]
+    np.testing.assert_allclose(np.linalg.norm(rows.reshape(n, -1), axis=1), 1.0, rtol=1e-5)  # each map normalised
+
+
+def test_cache_key_follows_attention_transfers_exponent(demo_root, tmp_path):
+    config = _config(demo_root, tmp_path)
+    data, teacher, objective = _parts(config)
+    fields, cubed = teacher_fields(objective), teacher_fields(_parts(_at_config(demo_root, tmp_path, 3))[2])
+    assert cubed == ["attention_map:image:p=3.0", "fused", "logits"]
+    assert cache_key(config, teacher, data, fields) != cache_key(config, teacher, data, cubed)
+    raw = ["feature_map:image", "fused", "logits"]  # what a store of the raw map was keyed by
+    assert cache_key(config, teacher, data, raw) not in {cache_key(config, teacher, data, f) for f in (fields, cubed)}
 
 
 def test_cache_key_follows_teacher_weights_data_and_views(demo_root, tmp_path):

@@ -148,7 +148,10 @@ def teacher_outputs_key(config: "ExperimentConfig", teacher: nn.Module, data: "D
                         views: int | None = None) -> str:
     """The teacher's outputs on train: `teacher_digest` of train, the views (count, default the
     student stage's `data/views.cached_views`, and the augmentation and seed that decide what
-    each view is), the fields stored and their dtype."""
+    each view is), the fields stored and their dtype. A field a term derives from the teacher's
+    output carries its parameters in its name (attention transfer's `attention_map:<m>:p=<p>`),
+    so hashing the names keys it by them, and apart from the raw map stored before it; changing
+    how a derived field is computed means renaming it or bumping `format`."""
     if views is None:
         views = cached_views(config, config.training.student.epochs)
     h = teacher_digest(config, teacher, data, ("train",))

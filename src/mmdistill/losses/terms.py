@@ -13,7 +13,7 @@ relational, distributional, contrastive and attention terms live in `relational.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Optional, Union
 
 import torch
@@ -40,6 +40,24 @@ class LossBatch:
     labels: dict[str, torch.Tensor]
     index: torch.Tensor | None = None
     progress: float = 0.0
+
+
+FEATURE_KINDS = ("projection", "embedding", "feature_map")
+
+
+def is_feature_ref(name: str) -> bool:
+    """Whether a teacher field is a ModelOutput feature read as is (`fused`, `logits[:<task>]`,
+    `projection:<m>`, `embedding:<m>`, `feature_map:<m>`) rather than one a term derives."""
+    kind = name.partition(":")[0]
+    return name == "fused" or kind == "logits" or kind in FEATURE_KINDS
+
+
+@dataclass
+class TeacherOutput(ModelOutput):
+    """A teacher's ModelOutput as the teacher-output cache gives it back: the stored features,
+    plus the derived fields terms declared (`Term.teacher_fields`) by name, already computed."""
+
+    derived: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class TermParams(BaseModel):
@@ -70,8 +88,32 @@ class Term(nn.Module):
         self.tasks = tasks or []
 
     def features(self) -> list[tuple[str, str]]:
-        """(role, feature reference) pairs this term reads; checked against the models."""
+        """(role, feature reference) pairs this term reads; checked against the models, and
+        what makes them return feature maps."""
         return []
+
+    def teacher_fields(self) -> list[str]:
+        """What this term needs of the teacher's output, as the teacher-output cache
+        (`cache/teacher_outputs.py`) stores it per (sample, view): by default each teacher
+        feature of `features()`, as is. A term that only ever uses a function of a large feature
+        names a derived field here instead and computes it in `derive_teacher_field`, so the
+        cache stores that function's value rather than the feature (attention transfer: its
+        [1, H, W] map instead of the teacher's [C, H, W] map). A derived field's name must carry
+        every parameter its value depends on: the cache key hashes the names."""
+        return [ref for role, ref in self.features() if role == "teacher"]
+
+    def derive_teacher_field(self, name: str, teacher: ModelOutput) -> torch.Tensor:
+        """Derived field `name` of `teacher_fields()`, [B, ...], from the teacher's live output.
+        The cache build calls it on the teacher's output and the term on the live teacher's
+        (through `teacher_field`), so cached and live runs give the loss the same numbers."""
+        raise KeyError(f"{type(self).__name__} derives no teacher field {name!r}")
+
+    def teacher_field(self, name: str, teacher: ModelOutput) -> torch.Tensor:
+        """Derived field `name` of this batch's teacher output: as stored when the output came
+        from the cache (a TeacherOutput that carries it), else computed from the live output."""
+        if isinstance(teacher, TeacherOutput) and name in teacher.derived:
+            return teacher.derived[name]
+        return self.derive_teacher_field(name, teacher)
 
     @classmethod
     def check_config(cls, params: TermParams, config: "ExperimentConfig", key: str) -> None:

@@ -15,11 +15,12 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from mmdistill.cache.teacher_outputs import TeacherOutputs, flat_outputs, open_teacher_outputs
+from mmdistill.cache.teacher_outputs import Derivations, TeacherOutputs, flat_outputs, open_teacher_outputs
 from mmdistill.distributed import autocast, broadcast, compute_device
 from mmdistill.config.schema import ExperimentConfig
 from mmdistill.data.dataset import DataBundle
 from mmdistill.losses.objective import Objective
+from mmdistill.losses.terms import TeacherOutput, is_feature_ref
 from mmdistill.models.net import ModelOutput, MultiModalNet
 from mmdistill.data.views import cached_views, view_batches
 from mmdistill.models.precomputed import PrecomputedTeacher, sample_views
@@ -67,7 +68,8 @@ class TeacherRows:
 
 class CachedTeacher(nn.Module):
     """Teacher outputs read from the cache for the batch's (index, view) pairs, as a ModelOutput
-    with the fields the objective reads (float32, on the batch's device). `outputs` is the
+    with the fields the objective reads (float32, on the batch's device): a TeacherOutput whose
+    `derived` holds the fields terms derive (`Term.teacher_field` reads them). `outputs` is the
     on-disk store (`cache/teacher_outputs.py`) or the dev split's outputs kept in memory. A
     train batch made with `collate()` already holds them (on the device, with the batch)."""
 
@@ -79,17 +81,19 @@ class CachedTeacher(nn.Module):
     def collate(self) -> TeacherRows | None:
         return TeacherRows(self.outputs) if isinstance(self.outputs, TeacherOutputs) else None
 
-    def forward(self, batch: dict[str, Any]) -> ModelOutput:
+    def forward(self, batch: dict[str, Any]) -> TeacherOutput:
         rows = batch.get(ROWS)
         if rows is None:
             index, view, device = sample_views(batch)
             rows = {field: torch.from_numpy(array).to(device=device)
                     for field, array in self.outputs.read(index, view).items()}
-        out = ModelOutput(logits={})
+        out = TeacherOutput(logits={})
         for field, value in rows.items():
             kind, _, name = field.partition(":")
             if field == "fused":
                 out.fused = value
+            elif not is_feature_ref(field):
+                out.derived[field] = value
             else:
                 {"logits": out.logits, "projection": out.projections, "embedding": out.embeddings,
                  "feature_map": out.feature_maps}[kind][name] = value
@@ -99,12 +103,27 @@ class CachedTeacher(nn.Module):
 def teacher_fields(objective: Objective) -> list[str]:
     """What the cache stores for this objective: every task's logits and the fused vector, always
     (both small; between them they serve every built-in preset, so a grid over presets builds
-    one store per teacher, not one per preset), plus each other teacher feature its terms name
-    (`projection:<m>`, `embedding:<m>`, `feature_map:<m>`)."""
+    one store per teacher, not one per preset), plus each field its terms declare they need of
+    the teacher (`Term.teacher_fields`): a feature they read as is (`projection:<m>`,
+    `embedding:<m>`, `feature_map:<m>`), or one they derive from the teacher's output (attention
+    transfer's `attention_map:<m>:p=<p>`, [1, H, W] where the feature map it comes from is
+    [C, H, W])."""
     fields = {"logits", "fused"}
     for term in objective.terms:
-        fields.update(ref for role, ref in term.features() if role == "teacher")
+        fields.update(term.teacher_fields())
     return sorted(fields)
+
+
+def teacher_derivations(objective: Objective) -> Derivations:
+    """{derived field: its value from a teacher ModelOutput} for each field the objective's terms
+    derive (`Term.derive_teacher_field`): what the cache build and the dev outputs compute from
+    the teacher, by the same function the term applies to a live teacher's output."""
+    derive = {}
+    for term in objective.terms:
+        for name in term.teacher_fields():
+            if not is_feature_ref(name) and name not in derive:
+                derive[name] = lambda out, term=term, name=name: term.derive_teacher_field(name, out)
+    return derive
 
 
 class MemoryOutputs:
@@ -121,7 +140,7 @@ class MemoryOutputs:
 
 @torch.no_grad()
 def memory_outputs(config: ExperimentConfig, teacher: MultiModalNet, data: DataBundle, split: str,
-                   fields: list[str]) -> MemoryOutputs:
+                   fields: list[str], derive: Derivations | None = None) -> MemoryOutputs:
     dataset = data.datasets[split].select(set(config.teacher.encoders))
     device = compute_device(config)
     was_training = teacher.training
@@ -130,9 +149,9 @@ def memory_outputs(config: ExperimentConfig, teacher: MultiModalNet, data: DataB
     try:
         for batch in view_batches(dataset, 1, config.training.teacher.batch_size, config.data.num_workers):
             inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch["inputs"].items()}
-            with autocast(config, device):
-                outputs = teacher(inputs)
-            for name, value in flat_outputs(outputs, fields).items():
+            with autocast(config, device):  # derived fields too, as the training step computes them
+                flat = flat_outputs(teacher(inputs), fields, derive)
+            for name, value in flat.items():
                 chunks.setdefault(name, []).append(value.float().cpu().numpy())
     finally:
         teacher.cpu().train(was_training)
@@ -147,7 +166,8 @@ def dev_teacher_source(config: ExperimentConfig, teacher: nn.Module | None, obje
         return None
     if isinstance(teacher, PrecomputedTeacher):
         return teacher.for_split("dev")
-    return CachedTeacher(memory_outputs(config, teacher, data, "dev", teacher_fields(objective)))
+    return CachedTeacher(memory_outputs(config, teacher, data, "dev", teacher_fields(objective),
+                                        teacher_derivations(objective)))
 
 
 def teacher_source(config: ExperimentConfig, teacher: MultiModalNet, objective: Objective,
@@ -161,7 +181,8 @@ def teacher_source(config: ExperimentConfig, teacher: MultiModalNet, objective: 
     if not config.cache.teacher:
         return FrozenTeacher(teacher)
     views = cached_views(config, epochs if epochs is not None else config.training.student.epochs)
-    outputs, path, built = open_teacher_outputs(config, teacher, data, teacher_fields(objective), views)
+    outputs, path, built = open_teacher_outputs(config, teacher, data, teacher_fields(objective), views,
+                                                teacher_derivations(objective))
     if not broadcast(outputs is not None) or outputs is None:  # every rank the same source, rank 0's
         return FrozenTeacher(teacher)
     log.info("teacher outputs cached in %s" if built else "reusing cached teacher outputs from %s", path)
