@@ -23,7 +23,7 @@ text/<key>/                                             text.py, switch `cache.t
 teacher/<key>/                                          teacher_outputs.py, switches `cache.teacher`,
                                                         `cache.teacher_dtype`
     The frozen teacher's outputs per (train sample, view): every task's logits, the fused
-    vector, and each feature the objective's terms read. Key: `keys.teacher_digest` on train
+    vector, and each field the objective's terms declare (attention transfer: its normalised [1, H, W] map, not the [C, H, W] feature map). Key: `keys.teacher_digest` on train
     (the teacher spec without its checkpoint path, its weights, its modalities with the mean/std
     used, the image cache on or off, the tasks, every train record it reads, image files by size
     and mtime), the number of views, the augmentation and (only with augmentation) the seed, the
