@@ -13,6 +13,7 @@ views (`data/views.py`) for the embeddings to describe the images it sees.
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from mmdistill.data.rows import RawSplits
 from mmdistill.data.views import view_settings
 from mmdistill.data.table import read_split_file
 from mmdistill.errors import UserError
-from mmdistill.io import write_json_atomic
+from mmdistill.io import atomic_path, write_json_atomic
 
 SPLIT_DIRS = {"train": "train_embeddings", "dev": "val_embeddings", "test": "test_embeddings"}
 
@@ -92,10 +93,76 @@ def load_teacher_embeddings(config: ExperimentConfig, sizes: dict[str, int]) -> 
 def write_split_embeddings(directory: Path, array: np.ndarray, meta: dict[str, Any], name: str = "embeddings.npy") -> Path:
     """Atomically: a reader sees the old file or the complete new one, never half of it."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / name
-    tmp = directory / f".{name}.tmp"
-    with open(tmp, "wb") as fh:
-        np.save(fh, array)
-    tmp.replace(path)
+    with atomic_path(directory / name) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
     write_json_atomic(directory / "meta.json", meta)
-    return path
+    return directory / name
+
+
+class SplitEmbeddingsWriter:
+    """One split's [samples, views, dim] float32 embeddings written batch by batch, for a pass
+    too large to hold in memory (`mmdistill extract`): rows go straight to their [sample, view]
+    place in a .npy preallocated beside the final file (a temporary sibling, mapped into memory,
+    so a batch costs its own rows and the file's pages are the kernel's to write back).
+
+    `commit(meta)` checks that every (sample, view) was written, renames the file over `name`
+    and then writes meta.json, as `write_split_embeddings` does; leaving the `with` block
+    without it (an exception, an interrupt) removes the temporary file, so a reader finds the
+    old complete file or none, never a partial one. The array is allocated at the first
+    `write`, once the embedding size is known.
+
+        with SplitEmbeddingsWriter(directory, samples, views) as out:
+            for ...: out.write(index, view, rows)
+            out.commit(meta)
+    """
+
+    def __init__(self, directory: Path, samples: int, views: int, name: str = "embeddings.npy"):
+        self.directory = Path(directory)
+        self.path = self.directory / name
+        self.samples, self.views = samples, views
+        self.dim: int | None = None
+        self._array: np.memmap | None = None
+        self._written = np.zeros((samples, views), dtype=bool)
+        self._committed = False
+
+    def __enter__(self) -> "SplitEmbeddingsWriter":
+        self._stack = ExitStack()
+        self.tmp = self._stack.enter_context(atomic_path(self.path))
+        self._stack.callback(self._close)  # unmapped before the file is renamed or removed
+        return self
+
+    def write(self, index: Any, view: Any, rows: np.ndarray) -> None:
+        """rows[j] is the embedding of sample index[j] at view view[j] (one view or one per row)."""
+        index, view = np.asarray(index, dtype=np.int64), np.asarray(view, dtype=np.int64)
+        if self._array is None:
+            self.dim = int(rows.shape[-1])
+            self._array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32,
+                                                    shape=(self.samples, self.views, self.dim))
+        self._array[index, view] = rows
+        self._written[index, view] = True
+
+    def commit(self, meta: dict[str, Any]) -> Path:
+        if self._array is None:
+            raise ValueError(f"{self.path}: no embeddings were written ({self.samples} samples)")
+        if not self._written.all():
+            missing = np.argwhere(~self._written)
+            raise ValueError(f"{self.path}: {len(missing)} of {self._written.size} (sample, view) rows never "
+                             f"written, e.g. {tuple(int(x) for x in missing[0])}")
+        self._array.flush()
+        self._stack.close()  # unmap, then rename over `name`
+        self._committed = True
+        write_json_atomic(self.directory / "meta.json", meta)
+        return self.path
+
+    def _close(self) -> None:
+        self._array = None  # the only reference to the mapping: dropping it unmaps the file
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._committed:
+            return False
+        if exc_type is not None:
+            return bool(self._stack.__exit__(exc_type, exc, tb))  # removes the temporary file
+        error = RuntimeError(f"{self.path}: the embeddings writer was left without commit()")
+        self._stack.__exit__(RuntimeError, error, None)
+        raise error
