@@ -240,12 +240,19 @@ class TextEncoder(Encoder):
     """A transformers model with its own tokenizer; tokenizes raw strings in forward so every
     model in an experiment can use a different tokenizer on the same batch.
 
-    A frozen text encoder memoizes its output per distinct string: a frozen model gives the
-    same vector for the same text, and clinical descriptions repeat across images of a case.
-    The memo is kept on the CPU, so moving the model (Lightning does at every stage) keeps it.
-    `vector_source`, when set (`cache/text.py`), fills the memo on the first forward of
-    these weights, from vectors stored on disk by an earlier run.
+    A frozen model gives the same vector for the same text, and clinical descriptions repeat
+    across images of a case, so a frozen text encoder does not run the model twice on a text.
+    `vector_source`, when set (`cache/text.py`), is called on the first forward of these
+    weights and returns the on-disk vectors of the run's texts (built then if no earlier run
+    did): each batch reads its texts' rows from disk rather than from a dict in memory, which at
+    a million texts would be gigabytes held for the whole run. Texts it does not have (new
+    data, as in `predict`, which attaches no cache; or `cache.text: false`) are encoded live
+    and kept in a bounded memo (`MEMO_SIZE`, oldest out first). Both stay on the CPU, so
+    moving the model (Lightning does at every stage) keeps them; the output is on the model's
+    device and dtype.
     """
+
+    MEMO_SIZE = 200_000
 
     def __init__(self, spec: HFTextEncoderSpec, key: str):
         super().__init__(spec.trainable)
@@ -273,7 +280,9 @@ class TextEncoder(Encoder):
         self.max_length = spec.max_length
         self.pooling = spec.pooling
         self._memo: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self.vector_source: Callable[["TextEncoder"], dict[str, torch.Tensor]] | None = None
+        # called with the encoder: an object whose read(texts) gives (found mask, float32 CPU vectors)
+        self.vector_source: Callable[["TextEncoder"], Any] | None = None
+        self._stored: Any = None  # what vector_source returned for the current weights
         self._primed = False
         self.freeze_if_needed()
 
@@ -299,23 +308,37 @@ class TextEncoder(Encoder):
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
     def forward(self, texts: list[str]) -> torch.Tensor:
+        texts = list(texts)
         if self.trainable:
-            return self._encode(list(texts))
+            return self._encode(texts)
         if self.vector_source is not None and not self._primed:
             self._primed = True
-            self._memo.update(self.vector_source(self))
-        missing = list(dict.fromkeys(t for t in texts if t not in self._memo))
-        if missing:
-            with torch.no_grad():
-                for text, vec in zip(missing, self._encode(missing)):
-                    self._memo[text] = vec.float().cpu()
-            while len(self._memo) > 200_000:
+            self._stored = self.vector_source(self)
+        out = torch.empty(len(texts), self.out_dim, dtype=torch.float32)
+        live = list(range(len(texts)))
+        if self._stored is not None:
+            found, vectors = self._stored.read(texts)
+            if found.any():
+                out[torch.from_numpy(found)] = vectors
+                live = [i for i in live if not found[i]]
+        if live:
+            missing = list(dict.fromkeys(texts[i] for i in live if texts[i] not in self._memo))
+            if missing:
+                with torch.no_grad():
+                    for text, vec in zip(missing, self._encode(missing)):
+                        self._memo[text] = vec.float().cpu()
+            for i in live:
+                out[i] = self._memo[texts[i]]
+            while len(self._memo) > self.MEMO_SIZE:
                 self._memo.popitem(last=False)
         weight = next(self.model.parameters())
-        return torch.stack([self._memo[t] for t in texts]).to(device=weight.device, dtype=weight.dtype)
+        return out.to(device=weight.device, dtype=weight.dtype)
 
     def _load_from_state_dict(self, *args, **kwargs):  # new weights, new vectors
         self._memo.clear()
+        if self._stored is not None:
+            self._stored.close()  # releases the old store's lock: it may be pruned now
+        self._stored = None
         self._primed = False
         return super()._load_from_state_dict(*args, **kwargs)
 
