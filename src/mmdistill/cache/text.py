@@ -176,8 +176,7 @@ def attach_text_caches(model: Any, config: "ExperimentConfig", data: "DataBundle
     for name in model.modalities:
         encoder = model.encoders[name]
         if hasattr(encoder, "vector_source") and not encoder.trainable:
-            texts = sorted({r.values[name] for ds in data.datasets.values() for r in ds.records
-                            if isinstance(r.values[name], str)})
+            texts = sorted({text for ds in data.datasets.values() for text in ds.records.column(name)})
             spec = getattr(config, role).encoders[name].model_dump(mode="json", exclude={"trainable"})
             encoder.vector_source = TextVectorSource(config, spec, texts)
     return model
