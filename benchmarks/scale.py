@@ -8,7 +8,8 @@ run on cold caches, and a second one with nothing changed (another experiment na
 stage trains again, reading the caches the first built). Each run reports:
 
 - `first_step_s`: wall time from the process's start to the first training step (the teacher
-  stage's), which is what reading, checking, fingerprinting and caching the data costs;
+  stage's), which is what reading, checking, fingerprinting and caching the data costs, and
+  `decode_s`, the part of it the decoded-image cache's builds took (as they log it);
 - `main_peak_rss`: the run process's peak RSS (VmHWM);
 - `worker_rss` / `worker_private`: a loader worker's RSS and its private (copied) bytes at the
   end of the student's epoch (`--workers` >= 1);
@@ -126,13 +127,26 @@ def _children() -> list[str]:
 
 def child(config_path: Path, report: Path) -> None:
     """One `mmdistill run`, with the training module's hooks timed."""
+    import logging
+
     import yaml
 
     from mmdistill.config.schema import ExperimentConfig
+    from mmdistill.environment import prepare_process
     from mmdistill.run.experiment import run_experiment
     from mmdistill.train.module import StageModule
 
-    seen: dict[str, Any] = {"epochs": []}
+    prepare_process()
+    seen: dict[str, Any] = {"epochs": [], "decode_s": 0.0}
+
+    class DecodeTimes(logging.Handler):
+        """The image cache's own report of each build: `decoded images (...) in X s`."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if str(record.msg).startswith("decoded images"):
+                seen["decode_s"] += float(record.args[5])
+
+    logging.getLogger("mmdistill").addHandler(DecodeTimes())
     original_batch, original_start, original_end = (StageModule.on_train_batch_start, StageModule.on_train_epoch_start,
                                                     StageModule.on_train_epoch_end)
 
@@ -189,12 +203,17 @@ def measure(n: int, base: Path, workers: int) -> dict[str, Any]:
     caches = {kind.name: _du(kind) for kind in sorted((work / "runs" / "cache").iterdir()) if kind.is_dir()}
     second = _run(config, "second", work)
     records = n + 2 * max(n // 10, 50)
-    out = {"n": n, "records": records, "first_step_s": first["first_step_s"], "rerun_step_s": second["first_step_s"],
+    out = {"n": n, "records": records, "first_step_s": first["first_step_s"], "decode_s": first["decode_s"],
+           "rerun_step_s": second["first_step_s"],
            "main_peak_rss": second["main_peak_rss"], "worker_rss": second.get("worker_rss", 0),
            "worker_private": second.get("worker_private", 0), "student_epoch_s": second["epochs"][-1],
            "cache_bytes": caches}
     print(json.dumps(out), flush=True)
     return out
+
+
+def _short(n: int) -> str:
+    return f"{n // 1000}k" if n % 1000 == 0 else str(n)
 
 
 def report(rows: list[dict[str, Any]]) -> None:
@@ -211,6 +230,7 @@ def report(rows: list[dict[str, Any]]) -> None:
     kinds = sorted(set(small["cache_bytes"]) | set(large["cache_bytes"]))
     print(f"\nfitted per-record cost ({small['n']} -> {large['n']}):")
     print(f"  first run, start to first step  {slope['first_step_s'] * 1e6:8.1f} us/record")
+    print(f"    of which decoding images      {(large['decode_s'] - small['decode_s']) / dn * 1e6:8.1f} us/record")
     print(f"  re-run, start to first step     {slope['rerun_step_s'] * 1e6:8.1f} us/record")
     print(f"  main process peak RSS           {slope['main_peak_rss']:8.0f} bytes/record")
     print(f"  loader worker RSS               {slope['worker_rss']:8.0f} bytes/record")
@@ -218,7 +238,7 @@ def report(rows: list[dict[str, Any]]) -> None:
     for kind in kinds:
         per = (large["cache_bytes"].get(kind, 0) - small["cache_bytes"].get(kind, 0)) / dn
         print(f"  cache {kind + ':':<25} {per:8.0f} bytes/record")
-    tag = f"{large['n'] // 1000}k_{small['n'] // 1000}k"
+    tag = f"{_short(large['n'])}_{_short(small['n'])}"
     per_sample = {
         "first_step": (large["first_step_s"] / large["records"]) / (small["first_step_s"] / small["records"]),
         "rerun_step": (large["rerun_step_s"] / large["records"]) / (small["rerun_step_s"] / small["records"]),

@@ -17,6 +17,7 @@ the data was read (`FileStats`): the one `stat` of that file in a run, which eve
 from __future__ import annotations
 
 import hashlib
+from array import array
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -216,48 +217,90 @@ class RecordTable(Sequence[Record]):
         return found
 
 
+class _PackedBuilder:
+    """Bytes appended one value at a time into one growing buffer, with the end offset of each:
+    a record read from a file costs its bytes and 8 more, never a Python object kept."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.ends = array("q")
+
+    def append(self, data: bytes) -> None:
+        self.buffer += data
+        self.ends.append(len(self.buffer))
+
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([np.zeros(1, np.int64), np.frombuffer(self.ends, dtype=np.int64)])
+
+
+class _CategoryBuilder:
+    def __init__(self) -> None:
+        self.index: dict[Any, int] = {}
+        self.categories: list[Any] = []
+        self.codes = array("i")
+
+    def append(self, value: Any) -> None:
+        key = (type(value), value) if value is None or isinstance(value, (str, int, float, bool)) else repr(value)
+        code = self.index.get(key)
+        if code is None:
+            code = self.index[key] = len(self.categories)
+            self.categories.append(value)
+        self.codes.append(code)
+
+    def build(self) -> CategoryColumn:
+        return CategoryColumn(np.frombuffer(self.codes, dtype=np.int32).copy(), self.categories)
+
+
 class TableBuilder:
-    """Collects one split's records row by row, then packs them into a `RecordTable`: the only
-    moment a split exists as Python objects is while it is read, a column at a time."""
+    """Packs one split's records into columns as they are read, row by row: a split never
+    exists as Python objects, not even while its file is read (at a million records those
+    would take more memory than everything the run keeps of them)."""
 
     def __init__(self, modalities: dict[str, str], parts: dict[str, int], tasks: Iterable[str]):
-        self.kinds, self.parts = modalities, parts
-        self.origins: list[str] = []
-        self.values: dict[str, list[Any]] = {n: [] for n in modalities}
-        self.sizes: dict[str, list[list[int]]] = {n: [[] for _ in range(parts.get(n, 1))]
-                                                  for n, k in modalities.items() if k in ("image", "stacked_image")}
-        self.mtimes: dict[str, list[list[int]]] = {n: [[] for _ in range(parts.get(n, 1))] for n in self.sizes}
-        self.labels: dict[str, list[Any]] = {t: [] for t in tasks}
+        self.kinds = dict(modalities)
+        self.parts = {n: (parts.get(n, 1) if k == "stacked_image" else 1) for n, k in self.kinds.items()}
+        self.origins = _PackedBuilder()
+        self.values = {n: [_PackedBuilder() for _ in range(self.parts[n])] for n in self.kinds}
+        self.images = [n for n, k in self.kinds.items() if k in ("image", "stacked_image")]
+        self.stats = {n: [(array("q"), array("q")) for _ in range(self.parts[n])] for n in self.images}
+        self.labels = {t: _CategoryBuilder() for t in tasks}
 
     def add(self, origin: str, values: dict[str, Any], labels: dict[str, Any],
             stats: dict[str, Sequence[tuple[int, int]]]) -> None:
-        self.origins.append(origin)
-        for name, value in values.items():
-            self.values[name].append(value)
+        self.origins.append(origin.encode("utf-8", "surrogatepass"))
+        for name, kind in self.kinds.items():
+            value = values[name]
+            if kind == "embedding":
+                self.values[name][0].append(b"" if value is None else np.asarray(value, np.float32).tobytes())
+            elif kind == "stacked_image":
+                for part, builder in zip(value, self.values[name]):
+                    builder.append(str(part).encode("utf-8", "surrogatepass"))
+            else:
+                self.values[name][0].append(str(value).encode("utf-8", "surrogatepass"))
         for name, files in stats.items():
-            for part, (size, mtime) in enumerate(files):
-                self.sizes[name][part].append(size)
-                self.mtimes[name][part].append(mtime)
+            for (size, mtime), (sizes, mtimes) in zip(files, self.stats[name]):
+                sizes.append(size)
+                mtimes.append(mtime)
         for task, value in labels.items():
             self.labels[task].append(value)
 
     def __len__(self) -> int:
-        return len(self.origins)
+        return len(self.origins.ends)
 
     def build(self) -> RecordTable:
         values: dict[str, Any] = {}
         for name, kind in self.kinds.items():
-            column = self.values.pop(name)
-            if kind == "stacked_image":
-                values[name] = tuple(StringColumn.of(str(v[p]) for v in column) for p in range(self.parts[name]))
-            elif kind == "embedding":
-                values[name] = VectorColumn.of(column)
+            builders = self.values[name]
+            if kind == "embedding":
+                b = builders[0]
+                values[name] = VectorColumn(np.frombuffer(b.buffer, dtype=np.float32), b.offsets() // 4)
             else:
-                values[name] = StringColumn.of(str(v) for v in column)
-        stats = {name: tuple(FileStats(np.asarray(s, np.int64), np.asarray(m, np.int64))
-                             for s, m in zip(self.sizes[name], self.mtimes[name])) for name in self.sizes}
-        return RecordTable(StringColumn.of(self.origins), values,
-                           {t: CategoryColumn.of(v) for t, v in self.labels.items()}, stats)
+                columns = tuple(StringColumn(np.frombuffer(b.buffer, dtype=np.uint8), b.offsets()) for b in builders)
+                values[name] = columns if kind == "stacked_image" else columns[0]
+        stats = {name: tuple(FileStats(np.frombuffer(s, dtype=np.int64), np.frombuffer(m, dtype=np.int64))
+                             for s, m in self.stats[name]) for name in self.images}
+        origins = StringColumn(np.frombuffer(self.origins.buffer, dtype=np.uint8), self.origins.offsets())
+        return RecordTable(origins, values, {t: b.build() for t, b in self.labels.items()}, stats)
 
 
 def table_of(records: Sequence[Record], kinds: dict[str, str]) -> RecordTable:
