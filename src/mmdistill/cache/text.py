@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -50,6 +51,7 @@ from tqdm.auto import tqdm
 from mmdistill.cache import kind_dir
 from mmdistill.cache.keys import text_key
 from mmdistill.cache.store import ArrayStore, StoreWriter, acquire, open_or_build, release
+from mmdistill.data.records import StringColumn
 
 if TYPE_CHECKING:
     from mmdistill.config.schema import ExperimentConfig
@@ -61,19 +63,33 @@ BATCH = 64
 log = logging.getLogger(__name__)
 
 
-def text_digests(texts: list[str]) -> np.ndarray:
+def text_digests(texts: Sequence[str] | StringColumn) -> np.ndarray:
     """[len(texts), 2] uint64: each text's 128-bit BLAKE2b digest of its UTF-8 bytes, as the
     index key (column 0) and its check (column 1). Stable across processes and runs, unlike
-    Python's `hash`."""
-    raw = b"".join(hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=16).digest() for t in texts)
+    Python's `hash`. Written into one buffer as the texts come: no list of digests."""
+    raw = bytearray(16 * len(texts))
+    for i, text in enumerate(texts):
+        raw[16 * i:16 * i + 16] = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
     return np.frombuffer(raw, dtype="<u8").reshape(len(texts), 2).astype(np.uint64)
+
+
+def distinct_texts(columns: Sequence[StringColumn]) -> StringColumn:
+    """The distinct texts of `columns` (every split's text column), ordered by digest and
+    packed: a million texts are never a million Python strings at once, as a sorted set of them
+    would be (about 100 bytes a text for the whole run)."""
+    digests = np.concatenate([text_digests(c) for c in columns]) if columns else np.zeros((0, 2), np.uint64)
+    pairs = np.ascontiguousarray(digests).view([("key", "<u8"), ("check", "<u8")]).ravel()
+    _, first = np.unique(pairs, return_index=True)
+    starts = np.cumsum([0] + [len(c) for c in columns])
+    owner = np.searchsorted(starts, first, side="right") - 1
+    return StringColumn.of(columns[int(c)][int(i - starts[c])] for c, i in zip(owner, first))
 
 
 class TextVectors:
     """The vectors of the store's texts, found by digest and read from disk a batch at a time;
     `read(texts)` is what `TextEncoder.forward` calls (see the module docstring)."""
 
-    def __init__(self, store: ArrayStore, key: str, texts: list[str]):
+    def __init__(self, store: ArrayStore, key: str, texts: Sequence[str] | StringColumn):
         self.store: ArrayStore | None = store
         self.key = key
         digests = text_digests(texts)
@@ -136,10 +152,10 @@ class TextVectorSource:
     """What `attach_text_caches` gives a frozen encoder as its `vector_source`: called with the
     encoder on its first forward (and again after its weights change), it opens or builds the
     store for the encoder's current weights and returns its `TextVectors`, or None when the cache
-    cannot be written. `texts` is the run's distinct texts, sorted: references to the data's own
-    strings (8 bytes a text), kept to compute the key and build the store."""
+    cannot be written. `texts` is the run's distinct texts (`distinct_texts`: packed, in digest
+    order), kept to compute the key and build the store."""
 
-    def __init__(self, config: "ExperimentConfig", spec: dict, texts: list[str]):
+    def __init__(self, config: "ExperimentConfig", spec: dict, texts: Sequence[str] | StringColumn):
         self.path = kind_dir(config, "text")
         self.progress = config.logging.progress_bar
         self.spec = spec
@@ -157,15 +173,19 @@ class TextVectorSource:
 
 
 @torch.no_grad()
-def _build(path: Path, key: str, encoder: Any, texts: list[str], progress: bool) -> ArrayStore:
+def _build(path: Path, key: str, encoder: Any, texts: Sequence[str] | StringColumn, progress: bool) -> ArrayStore:
+    started = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True)
     encoder.model.eval()  # frozen encoders are pinned to eval mode already; this keeps it explicit
     with StoreWriter(path, key, {"texts": len(texts)}) as writer:
         writer.declare("vectors", (len(texts), encoder.out_dim), np.float32)
         for start in tqdm(range(0, len(texts), BATCH), desc="caching text vectors", unit="batch",
                           disable=not progress):
-            writer.append("vectors", encoder._encode(texts[start:start + BATCH]).float().cpu().numpy())
-        return writer.commit()
+            batch = [texts[i] for i in range(start, min(start + BATCH, len(texts)))]
+            writer.append("vectors", encoder._encode(batch).float().cpu().numpy())
+        store = writer.commit()
+    log.info("text vectors (%d texts) computed in %.1f s, cached in %s", len(texts), time.perf_counter() - started, path)
+    return store
 
 
 def attach_text_caches(model: Any, config: "ExperimentConfig", data: "DataBundle", role: str) -> Any:
@@ -176,7 +196,7 @@ def attach_text_caches(model: Any, config: "ExperimentConfig", data: "DataBundle
     for name in model.modalities:
         encoder = model.encoders[name]
         if hasattr(encoder, "vector_source") and not encoder.trainable:
-            texts = sorted({text for ds in data.datasets.values() for text in ds.records.column(name)})
+            texts = distinct_texts([ds.records.column(name) for ds in data.datasets.values()])
             spec = getattr(config, role).encoders[name].model_dump(mode="json", exclude={"trainable"})
             encoder.vector_source = TextVectorSource(config, spec, texts)
     return model

@@ -45,8 +45,11 @@ class StringColumn:
 
     @classmethod
     def of(cls, strings: Iterable[str]) -> "StringColumn":
-        encoded = [s.encode("utf-8", "surrogatepass") for s in strings]
-        return cls(np.frombuffer(b"".join(encoded), dtype=np.uint8), _offsets([len(b) for b in encoded]))
+        """Packed one string at a time: never a list of them."""
+        packed = _PackedBuilder()
+        for text in strings:
+            packed.append(text.encode("utf-8", "surrogatepass"))
+        return packed.strings()
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -232,6 +235,9 @@ class _PackedBuilder:
     def offsets(self) -> np.ndarray:
         return np.concatenate([np.zeros(1, np.int64), np.frombuffer(self.ends, dtype=np.int64)])
 
+    def strings(self) -> StringColumn:
+        return StringColumn(np.frombuffer(self.buffer, dtype=np.uint8), self.offsets())
+
 
 class _CategoryBuilder:
     def __init__(self) -> None:
@@ -295,12 +301,11 @@ class TableBuilder:
                 b = builders[0]
                 values[name] = VectorColumn(np.frombuffer(b.buffer, dtype=np.float32), b.offsets() // 4)
             else:
-                columns = tuple(StringColumn(np.frombuffer(b.buffer, dtype=np.uint8), b.offsets()) for b in builders)
+                columns = tuple(b.strings() for b in builders)
                 values[name] = columns if kind == "stacked_image" else columns[0]
         stats = {name: tuple(FileStats(np.frombuffer(s, dtype=np.int64), np.frombuffer(m, dtype=np.int64))
                              for s, m in self.stats[name]) for name in self.images}
-        origins = StringColumn(np.frombuffer(self.origins.buffer, dtype=np.uint8), self.origins.offsets())
-        return RecordTable(origins, values, {t: b.build() for t, b in self.labels.items()}, stats)
+        return RecordTable(self.origins.strings(), values, {t: b.build() for t, b in self.labels.items()}, stats)
 
 
 def table_of(records: Sequence[Record], kinds: dict[str, str]) -> RecordTable:
