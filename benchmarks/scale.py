@@ -9,7 +9,8 @@ stage trains again, reading the caches the first built). Each run reports:
 
 - `first_step_s`: wall time from the process's start to the first training step (the teacher
   stage's), which is what reading, checking, fingerprinting and caching the data costs, and
-  `decode_s`, the part of it the decoded-image cache's builds took (as they log it);
+  `decode_s`, `stats_s` and `text_s`, the parts of it the decoded-image cache, the `mean:
+  dataset` statistics and the text-vector cache took to build (as they log it);
 - `main_peak_rss`: the run process's peak RSS (VmHWM);
 - `worker_rss` / `worker_private`: a loader worker's RSS and its private (copied) bytes at the
   end of the student's epoch (`--workers` >= 1);
@@ -137,16 +138,21 @@ def child(config_path: Path, report: Path) -> None:
     from mmdistill.train.module import StageModule
 
     prepare_process()
-    seen: dict[str, Any] = {"epochs": [], "decode_s": 0.0}
+    seen: dict[str, Any] = {"epochs": [], "decode_s": 0.0, "stats_s": 0.0, "text_s": 0.0}
 
-    class DecodeTimes(logging.Handler):
-        """The image cache's own report of each build: `decoded images (...) in X s`."""
+    class BuildTimes(logging.Handler):
+        """The caches' own reports of each build: `decoded images (...) in X s`, `image statistics
+        (...) computed in X s`, `text vectors (...) computed in X s`."""
 
         def emit(self, record: logging.LogRecord) -> None:
-            if str(record.msg).startswith("decoded images"):
-                seen["decode_s"] += float(record.args[5])
+            message = str(record.msg)
+            for start, name in (("decoded images", "decode_s"), ("image statistics", "stats_s"),
+                                ("text vectors", "text_s")):
+                if message.startswith(start):
+                    seen[name] += float(record.args[-1] if name == "stats_s" else record.args[-2 if name == "text_s"
+                                                                                               else 5])
 
-    logging.getLogger("mmdistill").addHandler(DecodeTimes())
+    logging.getLogger("mmdistill").addHandler(BuildTimes())
     original_batch, original_start, original_end = (StageModule.on_train_batch_start, StageModule.on_train_epoch_start,
                                                     StageModule.on_train_epoch_end)
 
@@ -204,6 +210,7 @@ def measure(n: int, base: Path, workers: int) -> dict[str, Any]:
     second = _run(config, "second", work)
     records = n + 2 * max(n // 10, 50)
     out = {"n": n, "records": records, "first_step_s": first["first_step_s"], "decode_s": first["decode_s"],
+           "stats_s": first["stats_s"], "text_s": first["text_s"],
            "rerun_step_s": second["first_step_s"],
            "main_peak_rss": second["main_peak_rss"], "worker_rss": second.get("worker_rss", 0),
            "worker_private": second.get("worker_private", 0), "student_epoch_s": second["epochs"][-1],
@@ -230,7 +237,11 @@ def report(rows: list[dict[str, Any]]) -> None:
     kinds = sorted(set(small["cache_bytes"]) | set(large["cache_bytes"]))
     print(f"\nfitted per-record cost ({small['n']} -> {large['n']}):")
     print(f"  first run, start to first step  {slope['first_step_s'] * 1e6:8.1f} us/record")
-    print(f"    of which decoding images      {(large['decode_s'] - small['decode_s']) / dn * 1e6:8.1f} us/record")
+    builds = {"decoding images": "decode_s", "image statistics": "stats_s", "text vectors": "text_s"}
+    for what, k in builds.items():
+        print(f"    of which {what + ':':<20} {(large[k] - small[k]) / dn * 1e6:8.1f} us/record")
+    rest = slope["first_step_s"] - sum((large[k] - small[k]) / dn for k in builds.values())
+    print(f"    and everything else           {rest * 1e6:8.1f} us/record")
     print(f"  re-run, start to first step     {slope['rerun_step_s'] * 1e6:8.1f} us/record")
     print(f"  main process peak RSS           {slope['main_peak_rss']:8.0f} bytes/record")
     print(f"  loader worker RSS               {slope['worker_rss']:8.0f} bytes/record")

@@ -18,6 +18,8 @@ per decoded image part (a stacked modality concatenates its parts):
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -29,6 +31,8 @@ from mmdistill.config.schema import ModalitySpec
 from mmdistill.data.images import load_image
 from mmdistill.data.records import Record
 from mmdistill.errors import UserError
+
+log = logging.getLogger(__name__)
 
 IMAGENET_RGB = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 IMAGENET_GRAY = ((0.449,), (0.226,))
@@ -116,7 +120,10 @@ def resolve_image_stats(modalities: Mapping[str, ModalitySpec], train_records: A
             key = memo.key(train_records, name, spec) if memo is not None and train_records else None
             found = memo.get(key) if key is not None else None
             if found is None:
+                started = time.perf_counter()
                 mean, std = dataset_stats(train_records, name, spec, progress, num_workers)
+                log.info("image statistics (train, %s, %d images) computed in %.1f s", name, len(train_records),
+                         time.perf_counter() - started)
                 if key is not None:
                     memo.put(key, mean, std, name)
             else:
