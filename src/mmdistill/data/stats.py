@@ -85,21 +85,39 @@ class _Moments(Dataset):
         return pixels.shape[1], mean, ((pixels - mean[:, None]) ** 2).sum(axis=1)
 
 
+Moments = tuple[int, np.ndarray, np.ndarray]  # (pixel count, per-channel mean, sum of squared deviations)
+BATCH = 64  # images a loader worker merges before handing one result over (one IPC per image cost more than it)
+
+
+def merge_moments(a: Moments, b: Moments) -> Moments:
+    """Chan et al.'s pairwise update: the moments of two sets of pixels, from each set's."""
+    (n_a, mean_a, m2_a), (n_b, mean_b, m2_b) = a, b
+    total = n_a + n_b
+    delta = mean_b - mean_a
+    return total, mean_a + delta * (n_b / total), m2_a + m2_b + delta**2 * (n_a * n_b / total)
+
+
+def _merge_batch(items: list[Moments]) -> Moments:
+    merged = items[0]
+    for item in items[1:]:
+        merged = merge_moments(merged, item)
+    return merged
+
+
 def dataset_stats(records: list[Record], name: str, spec: Any, progress: bool = True,
                   num_workers: int = 0) -> tuple[list[float], list[float]]:
     """Per-channel mean and (population) std over all pixels of the records' images."""
     if not records:
         raise UserError(f"data.modalities.{name}: mean/std 'dataset' needs train images, and the train split is empty")
-    loader = DataLoader(_Moments(records, name, spec), batch_size=None, num_workers=num_workers)
-    count, mean, m2 = 0, np.zeros(spec.total_channels), np.zeros(spec.total_channels)
-    for n, image_mean, image_m2 in tqdm(loader, desc=f"image statistics ({name})", unit="img", leave=False,
-                                         disable=not progress):
-        n, image_mean, image_m2 = int(n), np.asarray(image_mean, dtype=np.float64), np.asarray(image_m2, np.float64)
-        total = count + n
-        delta = image_mean - mean
-        mean = mean + delta * (n / total)
-        m2 = m2 + image_m2 + delta**2 * (count * n / total)
-        count = total
+    loader = DataLoader(_Moments(records, name, spec), batch_size=BATCH, collate_fn=_merge_batch,
+                        num_workers=num_workers)
+    moments: Moments = (0, np.zeros(spec.total_channels), np.zeros(spec.total_channels))
+    with tqdm(total=len(records), desc=f"image statistics ({name})", unit="img", leave=False,
+              disable=not progress) as bar:
+        for batch in loader:
+            moments = merge_moments(moments, batch)
+            bar.update(min(BATCH, len(records) - bar.n))
+    count, mean, m2 = moments
     std = np.sqrt(m2 / count)
     std = np.where(std < MIN_STD, 1.0, std)
     return mean.tolist(), std.tolist()
