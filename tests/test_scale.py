@@ -138,3 +138,16 @@ def test_a_forked_loader_worker_reading_every_record_copies_none_of_them():
     worker.join(30)
     assert copied / n < 40, f"{copied / n:.0f} bytes copied per record"
     assert np.asarray(dataset.labels["finding"]).tolist()[:4] == [0, 1, 0, 1]
+
+
+def test_origins_are_kept_as_one_file_name_and_numbers_yet_read_back_as_written():
+    uniform = TableBuilder({}, {}, [])
+    mixed = TableBuilder({}, {}, [])
+    for origin in ("data/train.csv line 2", "data/train.csv line 3", "data/train.csv line 10"):
+        uniform.add(origin, {}, {}, {})
+    for origin in ("a.csv line 2", "a.csv line 3", "case MPX1 entry 007", "b.json"):
+        mixed.add(origin, {}, {}, {})
+    table = uniform.build()
+    assert type(table.origins).__name__ == "OriginColumn" and table.origins.numbers.nbytes == 24
+    assert list(table.origins) == ["data/train.csv line 2", "data/train.csv line 3", "data/train.csv line 10"]
+    assert [r.origin for r in mixed.build()] == ["a.csv line 2", "a.csv line 3", "case MPX1 entry 007", "b.json"]

@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 from mmdistill.cache import kind_dir
 from mmdistill.cache.keys import text_key
 from mmdistill.cache.store import ArrayStore, StoreWriter, acquire, open_or_build, release
-from mmdistill.data.records import StringColumn
+from mmdistill.data.records import StringColumn, TakenStrings
 
 if TYPE_CHECKING:
     from mmdistill.config.schema import ExperimentConfig
@@ -63,7 +63,7 @@ BATCH = 64
 log = logging.getLogger(__name__)
 
 
-def text_digests(texts: Sequence[str] | StringColumn) -> np.ndarray:
+def text_digests(texts: Sequence[str] | StringColumn | TakenStrings) -> np.ndarray:
     """[len(texts), 2] uint64: each text's 128-bit BLAKE2b digest of its UTF-8 bytes, as the
     index key (column 0) and its check (column 1). Stable across processes and runs, unlike
     Python's `hash`. Written into one buffer as the texts come: no list of digests."""
@@ -73,23 +73,24 @@ def text_digests(texts: Sequence[str] | StringColumn) -> np.ndarray:
     return np.frombuffer(raw, dtype="<u8").reshape(len(texts), 2).astype(np.uint64)
 
 
-def distinct_texts(columns: Sequence[StringColumn]) -> StringColumn:
-    """The distinct texts of `columns` (every split's text column), ordered by digest and
-    packed: a million texts are never a million Python strings at once, as a sorted set of them
-    would be (about 100 bytes a text for the whole run)."""
+def distinct_texts(columns: Sequence[StringColumn]) -> TakenStrings:
+    """The distinct texts of `columns` (every split's text column), ordered by digest, as
+    (column, row) pairs into the data's own packed columns: a million texts are never a million
+    Python strings at once, as a sorted set of them would be (about 100 bytes a text for the
+    whole run), nor a second copy of the text column."""
     digests = np.concatenate([text_digests(c) for c in columns]) if columns else np.zeros((0, 2), np.uint64)
     pairs = np.ascontiguousarray(digests).view([("key", "<u8"), ("check", "<u8")]).ravel()
     _, first = np.unique(pairs, return_index=True)
     starts = np.cumsum([0] + [len(c) for c in columns])
     owner = np.searchsorted(starts, first, side="right") - 1
-    return StringColumn.of(columns[int(c)][int(i - starts[c])] for c, i in zip(owner, first))
+    return TakenStrings(columns, owner.astype(np.int32), (first - starts[owner]).astype(np.int64))
 
 
 class TextVectors:
     """The vectors of the store's texts, found by digest and read from disk a batch at a time;
     `read(texts)` is what `TextEncoder.forward` calls (see the module docstring)."""
 
-    def __init__(self, store: ArrayStore, key: str, texts: Sequence[str] | StringColumn):
+    def __init__(self, store: ArrayStore, key: str, texts: Sequence[str] | StringColumn | TakenStrings):
         self.store: ArrayStore | None = store
         self.key = key
         digests = text_digests(texts)
@@ -155,7 +156,7 @@ class TextVectorSource:
     cannot be written. `texts` is the run's distinct texts (`distinct_texts`: packed, in digest
     order), kept to compute the key and build the store."""
 
-    def __init__(self, config: "ExperimentConfig", spec: dict, texts: Sequence[str] | StringColumn):
+    def __init__(self, config: "ExperimentConfig", spec: dict, texts: Sequence[str] | StringColumn | TakenStrings):
         self.path = kind_dir(config, "text")
         self.progress = config.logging.progress_bar
         self.spec = spec
@@ -173,7 +174,7 @@ class TextVectorSource:
 
 
 @torch.no_grad()
-def _build(path: Path, key: str, encoder: Any, texts: Sequence[str] | StringColumn, progress: bool) -> ArrayStore:
+def _build(path: Path, key: str, encoder: Any, texts: Sequence[str] | StringColumn | TakenStrings, progress: bool) -> ArrayStore:
     started = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True)
     encoder.model.eval()  # frozen encoders are pinned to eval mode already; this keeps it explicit

@@ -70,6 +70,47 @@ class StringColumn:
         h.update(self.data.tobytes())
 
 
+class OriginColumn:
+    """Origins of one file's rows, `<file> line N`: the file's part once and N per record, since
+    a million origins as text would mostly repeat the same file name (~50 bytes a record)."""
+
+    def __init__(self, head: str, numbers: np.ndarray):
+        self.head, self.numbers = head, numbers
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def __getitem__(self, i: int) -> str:
+        return f"{self.head} {self.numbers[i]}"
+
+    def __iter__(self) -> Iterator[str]:
+        return (f"{self.head} {n}" for n in self.numbers.tolist())
+
+    def take(self, indices: Sequence[int]) -> "OriginColumn":
+        return OriginColumn(self.head, self.numbers[np.asarray(indices, dtype=np.int64)])
+
+    def digest(self, h: "hashlib._Hash") -> None:
+        h.update(self.head.encode())
+        h.update(self.numbers.tobytes())
+
+
+class TakenStrings:
+    """Some strings of several string columns, by (column, row): a selection that shares the
+    columns' buffers instead of copying the strings (`cache/text.distinct_texts`)."""
+
+    def __init__(self, columns: Sequence["StringColumn"], owner: np.ndarray, rows: np.ndarray):
+        self.columns, self.owner, self.rows = list(columns), owner, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> str:
+        return self.columns[int(self.owner[i])][int(self.rows[i])]
+
+    def __iter__(self) -> Iterator[str]:
+        return (self.columns[c][r] for c, r in zip(self.owner.tolist(), self.rows.tolist()))
+
+
 class VectorColumn:
     """Float32 vectors (embeddings) packed in one buffer; a record without one has length 0."""
 
@@ -165,7 +206,7 @@ class RecordTable(Sequence[Record]):
     `stats[modality]` holds the matching `FileStats` of image modalities. `digest(name)` hashes a
     column (with its file stats) once and remembers it: every cache key of a run reuses it."""
 
-    def __init__(self, origins: StringColumn, values: dict[str, Column | tuple[StringColumn, ...]],
+    def __init__(self, origins: "StringColumn | OriginColumn", values: dict[str, Column | tuple[StringColumn, ...]],
                  labels: dict[str, CategoryColumn], stats: dict[str, tuple[FileStats, ...]] | None = None):
         self.origins, self.values, self.labels = origins, values, labels
         self.stats = stats or {}
@@ -239,6 +280,36 @@ class _PackedBuilder:
         return StringColumn(np.frombuffer(self.buffer, dtype=np.uint8), self.offsets())
 
 
+class _OriginBuilder:
+    """Origins as `OriginColumn` while every one is `<the same head> <N>` (every source's rows
+    are), as packed strings from the first one that is not."""
+
+    def __init__(self) -> None:
+        self.head: str | None = None
+        self.numbers = array("q")
+        self.strings: _PackedBuilder | None = None
+
+    def append(self, origin: str) -> None:
+        if self.strings is None:
+            head, _, tail = origin.rpartition(" ")
+            if tail.isdigit() and str(int(tail)) == tail and head and self.head in (None, head):
+                self.head = head
+                self.numbers.append(int(tail))
+                return
+            self.strings = _PackedBuilder()
+            for n in self.numbers:
+                self.strings.append(f"{self.head} {n}".encode("utf-8", "surrogatepass"))
+        self.strings.append(origin.encode("utf-8", "surrogatepass"))
+
+    def __len__(self) -> int:
+        return len(self.strings.ends) if self.strings is not None else len(self.numbers)
+
+    def build(self) -> "OriginColumn | StringColumn":
+        if self.strings is not None:
+            return self.strings.strings()
+        return OriginColumn(self.head or "", np.frombuffer(self.numbers, dtype=np.int64))
+
+
 class _CategoryBuilder:
     def __init__(self) -> None:
         self.index: dict[Any, int] = {}
@@ -265,7 +336,7 @@ class TableBuilder:
     def __init__(self, modalities: dict[str, str], parts: dict[str, int], tasks: Iterable[str]):
         self.kinds = dict(modalities)
         self.parts = {n: (parts.get(n, 1) if k == "stacked_image" else 1) for n, k in self.kinds.items()}
-        self.origins = _PackedBuilder()
+        self.origins = _OriginBuilder()
         self.values = {n: [_PackedBuilder() for _ in range(self.parts[n])] for n in self.kinds}
         self.images = [n for n, k in self.kinds.items() if k in ("image", "stacked_image")]
         self.stats = {n: [(array("q"), array("q")) for _ in range(self.parts[n])] for n in self.images}
@@ -273,7 +344,7 @@ class TableBuilder:
 
     def add(self, origin: str, values: dict[str, Any], labels: dict[str, Any],
             stats: dict[str, Sequence[tuple[int, int]]]) -> None:
-        self.origins.append(origin.encode("utf-8", "surrogatepass"))
+        self.origins.append(origin)
         for name, kind in self.kinds.items():
             value = values[name]
             if kind == "embedding":
@@ -291,7 +362,7 @@ class TableBuilder:
             self.labels[task].append(value)
 
     def __len__(self) -> int:
-        return len(self.origins.ends)
+        return len(self.origins)
 
     def build(self) -> RecordTable:
         values: dict[str, Any] = {}
@@ -305,7 +376,7 @@ class TableBuilder:
                 values[name] = columns if kind == "stacked_image" else columns[0]
         stats = {name: tuple(FileStats(np.frombuffer(s, dtype=np.int64), np.frombuffer(m, dtype=np.int64))
                              for s, m in self.stats[name]) for name in self.images}
-        return RecordTable(self.origins.strings(), values, {t: b.build() for t, b in self.labels.items()}, stats)
+        return RecordTable(self.origins.build(), values, {t: b.build() for t, b in self.labels.items()}, stats)
 
 
 def table_of(records: Sequence[Record], kinds: dict[str, str]) -> RecordTable:
