@@ -31,25 +31,11 @@ class Record:
     labels: dict[str, Any]
 
 
-def _offsets(lengths: Sequence[int]) -> np.ndarray:
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(np.asarray(lengths, dtype=np.int64), out=offsets[1:])
-    return offsets
-
-
 class StringColumn:
     """Strings packed as UTF-8 in one byte buffer with int64 offsets."""
 
     def __init__(self, data: np.ndarray, offsets: np.ndarray):
         self.data, self.offsets = data, offsets
-
-    @classmethod
-    def of(cls, strings: Iterable[str]) -> "StringColumn":
-        """Packed one string at a time: never a list of them."""
-        packed = _PackedBuilder()
-        for text in strings:
-            packed.append(text.encode("utf-8", "surrogatepass"))
-        return packed.strings()
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -61,9 +47,6 @@ class StringColumn:
         text, offsets = self.data.tobytes(), self.offsets.tolist()
         for start, end in zip(offsets, offsets[1:]):
             yield text[start:end].decode("utf-8", "surrogatepass")
-
-    def take(self, indices: Sequence[int]) -> "StringColumn":
-        return StringColumn.of(self[int(i)] for i in indices)
 
     def digest(self, h: "hashlib._Hash") -> None:
         h.update(self.offsets.tobytes())
@@ -85,9 +68,6 @@ class OriginColumn:
 
     def __iter__(self) -> Iterator[str]:
         return (f"{self.head} {n}" for n in self.numbers.tolist())
-
-    def take(self, indices: Sequence[int]) -> "OriginColumn":
-        return OriginColumn(self.head, self.numbers[np.asarray(indices, dtype=np.int64)])
 
     def digest(self, h: "hashlib._Hash") -> None:
         h.update(self.head.encode())
@@ -117,12 +97,6 @@ class VectorColumn:
     def __init__(self, data: np.ndarray, offsets: np.ndarray):
         self.data, self.offsets = data, offsets
 
-    @classmethod
-    def of(cls, vectors: Iterable[np.ndarray | None]) -> "VectorColumn":
-        parts = [np.zeros(0, np.float32) if v is None else np.asarray(v, np.float32).ravel() for v in vectors]
-        data = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-        return cls(data, _offsets([len(p) for p in parts]))
-
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
@@ -132,9 +106,6 @@ class VectorColumn:
 
     def __iter__(self) -> Iterator[np.ndarray | None]:
         return (self[i] for i in range(len(self)))
-
-    def take(self, indices: Sequence[int]) -> "VectorColumn":
-        return VectorColumn.of(self[int(i)] for i in indices)
 
     def digest(self, h: "hashlib._Hash") -> None:
         h.update(self.offsets.tobytes())
@@ -148,20 +119,6 @@ class CategoryColumn:
     def __init__(self, codes: np.ndarray, categories: list[Any]):
         self.codes, self.categories = codes, categories
 
-    @classmethod
-    def of(cls, values: Iterable[Any]) -> "CategoryColumn":
-        index: dict[Any, int] = {}
-        categories: list[Any] = []
-        codes = []
-        for value in values:
-            key = (type(value), value) if value is None or isinstance(value, (str, int, float, bool)) else repr(value)
-            code = index.get(key)
-            if code is None:
-                code = index[key] = len(categories)
-                categories.append(value)
-            codes.append(code)
-        return cls(np.asarray(codes, dtype=np.int32), categories)
-
     def __len__(self) -> int:
         return len(self.codes)
 
@@ -171,9 +128,6 @@ class CategoryColumn:
     def __iter__(self) -> Iterator[Any]:
         categories = self.categories
         return (categories[c] for c in self.codes.tolist())
-
-    def take(self, indices: Sequence[int]) -> "CategoryColumn":
-        return CategoryColumn(self.codes[np.asarray(indices, dtype=np.int64)], self.categories)
 
     def digest(self, h: "hashlib._Hash") -> None:
         h.update(self.codes.tobytes())
@@ -186,10 +140,6 @@ class FileStats:
 
     size: np.ndarray
     mtime_ns: np.ndarray
-
-    def take(self, indices: Sequence[int]) -> "FileStats":
-        idx = np.asarray(indices, dtype=np.int64)
-        return FileStats(self.size[idx], self.mtime_ns[idx])
 
     def digest(self, h: "hashlib._Hash") -> None:
         h.update(self.size.tobytes())
@@ -221,7 +171,7 @@ class RecordTable(Sequence[Record]):
 
     def __getitem__(self, i: int) -> Record:  # type: ignore[override]
         if isinstance(i, slice):
-            raise TypeError("RecordTable takes an index; use take() for several")
+            raise TypeError("RecordTable takes one index")
         if i < 0:
             i += len(self)
         if not 0 <= i < len(self):
@@ -234,14 +184,6 @@ class RecordTable(Sequence[Record]):
 
     def column(self, name: str) -> Any:
         return self.values[name]
-
-    def take(self, indices: Sequence[int]) -> "RecordTable":
-        """The records at `indices`, in that order (a subsample, a split of a table)."""
-        values = {n: (tuple(c.take(indices) for c in col) if isinstance(col, tuple) else col.take(indices))
-                  for n, col in self.values.items()}
-        stats = {n: tuple(s.take(indices) for s in parts) for n, parts in self.stats.items()}
-        return RecordTable(self.origins.take(indices), values, {t: c.take(indices) for t, c in self.labels.items()},
-                           stats)
 
     def digest(self, name: str) -> str:
         """A hash of column `name` (a modality, its files' sizes and mtimes included, or
@@ -377,29 +319,6 @@ class TableBuilder:
         stats = {name: tuple(FileStats(np.frombuffer(s, dtype=np.int64), np.frombuffer(m, dtype=np.int64))
                              for s, m in self.stats[name]) for name in self.images}
         return RecordTable(self.origins.build(), values, {t: b.build() for t, b in self.labels.items()}, stats)
-
-
-def table_of(records: Sequence[Record], kinds: dict[str, str]) -> RecordTable:
-    """A `RecordTable` of Record objects (tests, small sources), stat-ing image files now."""
-    import os
-
-    first = records[0] if records else None
-    parts = {n: len(first.values[n]) for n, k in kinds.items() if k == "stacked_image"} if first else {}
-    builder = TableBuilder(kinds, parts, first.labels if first else [])
-    for r in records:
-        stats = {}
-        for name, kind in kinds.items():
-            if kind in ("image", "stacked_image"):
-                paths = r.values[name] if kind == "stacked_image" else (r.values[name],)
-                stats[name] = []
-                for p in paths:
-                    try:
-                        st = os.stat(p)
-                        stats[name].append((st.st_size, st.st_mtime_ns))
-                    except OSError:
-                        stats[name].append((-1, -1))
-        builder.add(r.origin, {n: r.values[n] for n in kinds}, r.labels, stats)
-    return builder.build()
 
 
 @dataclass
