@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from mmdistill.data.dataset import DataBundle
     from mmdistill.data.records import Record, RecordTable
 
-IMAGE_KINDS = ("image", "stacked_image")
 IMAGES_FORMAT = 2  # bump when decoding (data/images.py) or the store layout changes: old entries become stale
 
 

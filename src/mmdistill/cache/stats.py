@@ -16,6 +16,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from mmdistill.cache import kind_dir
+from mmdistill.cache.store import mark_used
+from mmdistill.distributed import is_writer
 from mmdistill.io import write_json_atomic
 
 if TYPE_CHECKING:
@@ -44,17 +46,20 @@ class ImageStatsCache:
         path = self.folder / f"{key}.json"
         try:
             stored = json.loads(path.read_text())
-        except (OSError, ValueError):
+            if stored.get("key") != key:
+                return None
+            found = list(stored["mean"]), list(stored["std"])
+        except OSError:  # not stored yet (or no cache directory at all)
             return None
-        if not isinstance(stored, dict) or stored.get("key") != key:
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning("image statistics cache %s is damaged; computing them again", path)
             return None
-        try:
-            path.touch()  # used: `mmdistill cache --older-than` keeps it
-        except OSError:
-            pass
-        return list(stored["mean"]), list(stored["std"])
+        mark_used(path)
+        return found
 
     def put(self, key: str, mean: list[float], std: list[float], what: str) -> None:
+        if not is_writer():  # under DDP every rank resolves the statistics; rank 0 keeps them
+            return
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.folder / f"{key}.json", {"key": key, "modality": what, "mean": mean, "std": std})

@@ -46,7 +46,7 @@ def _lacks_some(column: Any) -> bool:
     column: an embedding of length 0, a text that is empty or all whitespace)."""
     if isinstance(column, VectorColumn):
         return bool((np.diff(column.offsets) == 0).any())
-    return any(not text.strip() for text in column)
+    return any(_missing(text) for text in column)
 
 SOURCES.register("table")(read_table)
 SOURCES.register("medpix")(read_medpix)
