@@ -64,3 +64,13 @@ def test_score_is_the_mean_of_the_headlines():
                    {"smoke": torch.tensor([1.0, 0, 0, 0]), "location": torch.tensor([0, 1, 0, 1])})
     assert out["score"] == pytest.approx((0.0 + 1.0) / 2)
     assert out["accuracy"] == pytest.approx((0.75 + 1.0) / 2)
+
+
+def test_the_compress_report_says_what_score_is():
+    """compress.md is what seed 002's user reads to see what the edge student costs: its score
+    must be described as the headline F1 (positive-class for fire and smoke), not macro F1."""
+    from mmdistill.compress.report import markdown
+
+    settings = {"cpu": "cpu", "threads": 1, "torch": "t", "onnxruntime": "o", "repeats": 8, "warmup": 1}
+    text = markdown("fire_smoke", {}, settings, [])
+    assert "positive-class F1 for a binary task" in text and "mean over tasks of macro F1" not in text

@@ -118,7 +118,7 @@ def predict_split(predict: Predictor, data, split: str = "test", batch_size: int
 
 
 def score(tasks: list[TaskInfo], flat: torch.Tensor, labels: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """The run's metric (mean over tasks of macro F1) via mmdistill.eval.metrics.evaluate."""
+    """The run's metric (`score`: eval/metrics.SCORE_MEANING) via mmdistill.eval.metrics.evaluate."""
     return evaluate(tasks, split_logits(tasks, flat), labels)
 
 

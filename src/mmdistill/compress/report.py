@@ -5,6 +5,8 @@ from __future__ import annotations
 import platform
 from typing import Any
 
+from mmdistill.eval.metrics import SCORE_MEANING
+
 
 def cpu_name() -> str:
     try:
@@ -41,8 +43,8 @@ def markdown(experiment: str, entries: dict[str, Any], settings: dict[str, Any],
            f"Measured on {settings['cpu']} with {settings['threads']} intra-op thread(s) (torch "
            f"{settings['torch']}, onnxruntime {settings['onnxruntime']}); latency and throughput are medians of "
            f"{settings['repeats']} runs at batch 1 and {max(3, settings['repeats'] // 4)} at batch 32 after "
-           f"{settings['warmup']} warm-up runs, the models timed in turns. Test score = mean over tasks of "
-           "macro F1 on the test split (as results.json `score`); agreement = fraction of test predictions "
+           f"{settings['warmup']} warm-up runs, the models timed in turns. Test score = {SCORE_MEANING}, "
+           "on the test split (as results.json `score`); agreement = fraction of test predictions "
            "equal to the fp32 student's; speed-up = fp32 latency / latency. params / non-zero count the "
            "float model a quantized or exported one was made from (BatchNorm included).", "",
            table(entries), ""]

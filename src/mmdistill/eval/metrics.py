@@ -27,6 +27,11 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_
 
 from mmdistill.data.labels import TaskInfo
 
+# What `score` is, in the words every report prints beside it (run, sweep and compress
+# reports): one phrase, so no report can go on calling a binary task's score "macro F1".
+SCORE_MEANING = ("mean over tasks of the headline F1 (positive-class F1 for a binary task, macro F1 over "
+                 "the classes present for a multiclass one)")
+
 
 def predictions(task: TaskInfo, logits: torch.Tensor) -> np.ndarray:
     if task.type == "binary":

@@ -82,7 +82,7 @@ def curve_columns(columns: list[str]) -> tuple[list[str], list[str]]:
 
 def plot_stage_curves(rows: list[dict], plots_dir: Path) -> list[Path]:
     """plots/{stage}_training_curves.png per stage (seed 002's teacher_training_curves.png):
-    the train loss with each weighted loss term, the dev score with each task's macro F1, and
+    the train loss with each weighted loss term, the dev score with each task's headline F1, and
     the learning rate. Columns follow train/recorder.py: train_<term>, dev_<task>_f1, lr
     (train_seconds and seconds are timings, not drawn)."""
     written = []

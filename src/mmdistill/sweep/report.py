@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from mmdistill.errors import UserError
+from mmdistill.eval.metrics import SCORE_MEANING
 from mmdistill.io import write_text_atomic
 from mmdistill.sweep import figures
 from mmdistill.sweep.aggregate import AGGREGATED, BEST_CONFIG, MANIFEST, aggregate, flatten_metrics
@@ -283,8 +284,7 @@ def _sweep_tables(agg, variants, stats, comps) -> list[Block]:
     for i, v in enumerate(variants):
         table.rows.append([Cell(v), Cell(str(len(agg["variants"][v]["seeds"])))] + [col[i] for col in columns])
     blocks += [("h2", "Test scores (mean ± std over seeds)"), ("table", table),
-               ("p", "Score = mean over tasks of the headline F1 (positive-class F1 for a binary task, macro F1 "
-                     "over the classes present for a multiclass one); task columns are the KD student's. KD gain = KD student "
+               ("p", f"Score = {SCORE_MEANING}; task columns are the KD student's. KD gain = KD student "
                      "minus baseline student of the same run, `*` there: p < 0.05 (paired t-test over seeds, "
                      "Holm-Bonferroni adjusted over the variants).")]
 
