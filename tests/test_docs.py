@@ -58,3 +58,16 @@ def test_every_key_the_seed_translation_names_exists():
 def test_the_checker_rejects_a_key_that_does_not_exist():
     assert not _exists(ExperimentConfig, "training.student.learning_rate".split("."))
     assert _exists(ExperimentConfig, "data.modalities.image.size".split("."))
+
+
+def _row(text: str, seed_key: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(f"| {seed_key} |"))
+
+
+def test_seed_settings_we_support_are_translated_not_marked_missing():
+    """A row written before a feature existed must not go on telling the seed's user it is
+    missing: seed 004's W&B project has had a tracker since trackers came (issue 16)."""
+    text = (DOCS / "from-the-seeds.md").read_text()
+    row = _row(text, "`wandb_project`")
+    assert "`logging.wandb.project`" in row and "not yet" not in row
+    assert _exists(ExperimentConfig, "logging.wandb.project".split("."))
