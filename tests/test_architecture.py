@@ -30,8 +30,10 @@ def _units_imported(source: str, package: str) -> set[str]:
     """The units of mmdistill that `source` (a module of `package`) imports, relative imports
     resolved: `from ..cli import main` is as much an import of the CLI as the absolute form."""
     tree = ast.parse(source)
-    type_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-                 for n in ast.walk(node)}
+    # only the body of `if TYPE_CHECKING:` is for the type checker; its `else:` runs
+    type_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                 and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+                 for statement in node.body for n in ast.walk(statement)}
     found = set()
     for node in ast.walk(tree):
         if id(node) in type_only:
@@ -103,3 +105,8 @@ def test_the_checker_reads_relative_imports():
     assert _units_imported("from . import store", "mmdistill.cache") == {"cache"}
     assert _units_imported("from .context import RunContext", "mmdistill.run") == {"run"}
     assert _units_imported("if TYPE_CHECKING:\n    from ..cli import main", "mmdistill.run") == set()
+
+
+def test_the_checker_counts_what_runs_outside_type_checking():
+    assert _units_imported("if TYPE_CHECKING:\n    pass\nelse:\n    from mmdistill.cli import main", "mmdistill") == {"cli"}
+    assert _units_imported("if not TYPE_CHECKING:\n    from mmdistill.cli import main", "mmdistill") == {"cli"}
