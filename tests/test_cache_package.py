@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import mmdistill.cache as cache
-from mmdistill.cache import KINDS
+from mmdistill.cache import KINDS, keys
 
 CACHE = Path(cache.__file__).parent
 SRC = CACHE.parent
@@ -43,6 +43,12 @@ def test_each_kind_takes_its_folder_from_kind_dir_and_its_key_from_keys():
         source = (CACHE / module).read_text()
         assert f'kind_dir(config, "{kind}")' in source, module
         assert any(name.endswith("_key") for name in _imported_from_keys(CACHE / module)), module
+
+
+def test_every_key_function_is_named_in_the_inventory():
+    functions = [name for name in vars(keys) if name.endswith("_key") and callable(getattr(keys, name))]
+    assert len(functions) == len(KINDS)
+    assert [f for f in functions if f"keys.{f}" not in cache.__doc__] == []
 
 
 def test_nothing_outside_the_package_builds_a_path_in_the_cache_directory():
