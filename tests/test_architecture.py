@@ -110,3 +110,12 @@ def test_the_checker_reads_relative_imports():
 def test_the_checker_counts_what_runs_outside_type_checking():
     assert _units_imported("if TYPE_CHECKING:\n    pass\nelse:\n    from mmdistill.cli import main", "mmdistill") == {"cli"}
     assert _units_imported("if not TYPE_CHECKING:\n    from mmdistill.cli import main", "mmdistill") == {"cli"}
+
+
+def test_a_run_reads_as_its_stages_on_one_screen():
+    """Issue 13: `run_experiment` is the list of stages, not the stages' work."""
+    import inspect
+
+    from mmdistill.run.experiment import run_experiment
+
+    assert len(inspect.getsource(run_experiment).splitlines()) <= 40
