@@ -9,34 +9,38 @@ new one is built, when anything its key hashes changes.
 
 images/<split>-<modality>-<size>px-<key[:16]>/          images.py, switch `cache.images`
     One split's images of one image modality, decoded and resized, as uint8 (uint16 when a file
-    holds more than 8 bits). Key: a format version; the modality's kind, columns, channels and
-    size; the number of records and every record's image path(s) with file size and mtime, in
-    order (not the pixels: hashing them would cost a decode). Also rebuilt when its array's
-    shape is not the data's.
+    holds more than 8 bits). Key (`keys.images_key`): a format version; the modality's kind,
+    columns, channels and size; the number of records and every record's image path(s) with
+    file size and mtime, in order (not the pixels: hashing them would cost a decode). Also
+    rebuilt when its array's shape is not the data's.
 stats/<key>.json                                        stats.py, always on
     The per-channel mean and std of `mean: dataset` image modalities over the train split.
-    Key: a format version; the modality's kind, channels and size; every train record's image
-    path(s) with file size and mtime, in order.
+    Key (`keys.stats_key`): a format version; the modality's kind, channels and size; every
+    train record's image path(s) with file size and mtime, in order.
 text/<key>/                                             text.py, switch `cache.text`
-    A frozen text encoder's vector of every distinct text of the run. Key: the encoder spec
-    (model, pooling, max length), its weights, every text in order.
+    A frozen text encoder's vector of every distinct text of the run. Key (`keys.text_key`):
+    the encoder spec (model, pooling, max length), its weights, every text in order.
 teacher/<key>/                                          teacher_outputs.py, switches `cache.teacher`,
                                                         `cache.teacher_dtype`
     The frozen teacher's outputs per (train sample, view): every task's logits, the fused
-    vector, and each field the objective's terms declare (attention transfer: its normalised [1, H, W] map, not the [C, H, W] feature map). Key: `keys.teacher_digest` on train
-    (the teacher spec without its checkpoint path, its weights, its modalities with the mean/std
-    used, the image cache on or off, the tasks, every train record it reads, image files by size
-    and mtime), the number of views, the augmentation and (only with augmentation) the seed, the
-    fields stored and their dtype.
+    vector, and each field the objective's terms declare (attention transfer: its normalised
+    [1, H, W] map, not the [C, H, W] feature map). Key (`keys.teacher_outputs_key`):
+    `keys.teacher_digest` on train (the teacher spec without its checkpoint path, its weights,
+    its modalities with the mean/std used, the image cache on or off, the tasks, every train
+    record it reads, image files by size and mtime), the number of views, the augmentation and
+    (only with augmentation) the seed, the fields stored and their dtype, and the training
+    precision when it is not 32-true (outputs under autocast differ).
 teacher_scores/<key>.json                               teacher_scores.py, switch `cache.teacher`
     A teacher's dev and test metrics, stored when a teacher is trained or first evaluated, read
-    by every run that loads its checkpoint. Key: `keys.teacher_digest` on dev and test, and
-    every dev/test label.
+    by every run that loads its checkpoint. Key (`keys.teacher_scores_key`):
+    `keys.teacher_digest` on dev and test, every dev/test label, and the training precision when
+    it is not 32-true.
 baselines/<key>/                                        baselines.py, switch `cache.baseline`
-    The baseline student's best weights, its metrics.csv rows and its dev/test results. Key:
-    the config without the teacher- and KD-only keys (`config/hashing.baseline_hash`) and the
-    data signature (`keys.data_signature`: every record of every split with its labels, and a
-    feature-KD run's extracted embedding files by size and mtime).
+    The baseline student's best weights, its metrics.csv rows and its dev/test results. Key
+    (`keys.baseline_key`): the config without the teacher- and KD-only keys
+    (`config/hashing.baseline_hash`) and the data signature (`keys.data_signature`: every record
+    of every split with its labels, and a feature-KD run's extracted embedding files by size and
+    mtime).
 
 Not here, because they are results rather than caches: a sweep's shared teachers
 (`<sweep>/_teachers/<teacher_key>/seed_<n>/`) and its rule for skipping finished runs

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from mmdistill.data.records import Record, RecordTable
 
 IMAGES_FORMAT = 2  # bump when decoding (data/images.py) or the store layout changes: old entries become stale
+STATS_FORMAT = 1  # bump when data/stats.py computes the numbers differently
 
 
 # --------------------------------------------------------------------------- primitives
@@ -108,6 +109,16 @@ def images_key(records: "RecordTable", name: str, spec: Any) -> str:
     }, sort_keys=True).encode())
     h.update(records.digest(name).encode())
     return h.hexdigest()
+
+
+def stats_key(train: "RecordTable", name: str, spec: Any) -> str:
+    """`mean: dataset` statistics of one modality: its kind, channels and size, and the train
+    split's image path(s) in order with each file's size and mtime (the digest the records
+    carry), so a changed, added or touched train image is a new key."""
+    h = hashlib.sha256(json.dumps({"format": STATS_FORMAT, "kind": spec.kind, "channels": spec.channels,
+                                   "size": spec.size}, sort_keys=True, default=str).encode())
+    h.update(train.digest(name).encode())
+    return h.hexdigest()[:24]
 
 
 def text_key(encoder: nn.Module, spec: dict, texts: list[str]) -> str:

@@ -3,30 +3,28 @@
 Seed 004's `compute_stats` decodes every train image to get its per-channel mean and std, and a
 run needs them before anything else (the datasets normalise with them, the teacher-output keys
 hash them). Without a memo every run, re-run and sweep variant decoded the whole train split
-again, as much work as building the decoded-image cache. The key hashes the modality's
-settings and the train column of image paths with each file's size and mtime (the digest the
-records already carry, `data/records.py`), so a changed, added or touched image is a new entry.
+again, as much work as building the decoded-image cache. The key (`keys.stats_key`) hashes the
+modality's settings and the train column of image paths with each file's size and mtime (the
+digest the records already carry, `data/records.py`), so a changed, added or touched image is a
+new entry.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mmdistill.cache import kind_dir
+from mmdistill.cache.keys import stats_key
 from mmdistill.cache.store import mark_used
 from mmdistill.distributed import is_writer
 from mmdistill.io import write_json_atomic
 
 if TYPE_CHECKING:
     from mmdistill.config.schema import ExperimentConfig
-    from mmdistill.data.records import RecordTable
 
 log = logging.getLogger(__name__)
-
-FORMAT = 1  # bump when data/stats.py computes the numbers differently
 
 
 class ImageStatsCache:
@@ -35,12 +33,7 @@ class ImageStatsCache:
     def __init__(self, config: "ExperimentConfig"):
         self.folder = kind_dir(config, "stats")
 
-    @staticmethod
-    def key(train: "RecordTable", name: str, spec: Any) -> str:
-        h = hashlib.sha256(json.dumps({"format": FORMAT, "kind": spec.kind, "channels": spec.channels,
-                                       "size": spec.size}, sort_keys=True, default=str).encode())
-        h.update(train.digest(name).encode())
-        return h.hexdigest()[:24]
+    key = staticmethod(stats_key)  # the key every caller of the memo hashes a train split with
 
     def get(self, key: str) -> tuple[list[float], list[float]] | None:
         path = self.folder / f"{key}.json"
