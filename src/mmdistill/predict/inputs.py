@@ -10,12 +10,11 @@ is a bad input as a whole (exit 2, naming the column).
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmdistill.data.table import read_rows
+from mmdistill.data.table import read_rows, table_columns
 from mmdistill.errors import UserError
 from mmdistill.models.card import ModelCard
 
@@ -61,20 +60,9 @@ def _images(paths: list[Path], card: ModelCard, source: Path) -> list[Item]:
     return [Item(id=str(p), values={name: p}) for p in paths]
 
 
-def _columns(path: Path) -> list[str] | None:
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            return next(csv.reader(fh), [])
-    if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
-
-        return list(pq.read_schema(path).names)
-    return None
-
-
 def _table(path: Path, card: ModelCard, image_root: Path) -> tuple[list[Item], bool]:
     needed = [c for i in card.inputs for c in i.columns]
-    header = _columns(path)
+    header = table_columns(path)
     if header is not None:
         missing = [c for c in needed if c not in header]
         if missing:
