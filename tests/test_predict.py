@@ -134,6 +134,28 @@ def test_bad_sources_and_inputs_exit_2_naming_what_is_missing(run_dir, demo_root
     assert code == 2 and "reads image (image), report (text)" in err  # the teacher needs its text too
 
 
+def test_bad_rows_of_a_table_are_errors_and_a_table_without_a_column_exits_2(run_dir, demo_root, tmp_path, capsys):
+    """JSONL rows may differ: a row without the image column, with a missing file or an empty
+    path is an error in its row; a column that no row has is the table's fault (exit 2)."""
+    table = tmp_path / "rows.jsonl"
+    good = str(demo_root / "images" / "test_0000.png")
+    rows = [{"image": good}, {"report": "no image"}, {"image": str(tmp_path / "gone.png")}, {"image": " "}]
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, err = _predict(capsys, run_dir, table, "--model", "fp32", "--out", tmp_path / "p.jsonl",
+                              "--workers", "0")
+    assert code == 0, err
+    written = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [r["error"] == "" for r in written] == [True, False, False, False]
+    assert "missing column 'image'" in written[1]["error"] and "gone.png" in written[2]["error"]
+    assert "empty image path" in written[3]["error"] and written[3]["finding"] == ""
+    assert "3 of 4 input(s) could not be predicted" in err and "rows.jsonl line 2" in err
+
+    table.write_text("".join(json.dumps({"picture": good}) + "\n" for _ in range(2)))
+    code, _, err = _predict(capsys, run_dir, table, "--model", "fp32", "--out", tmp_path / "q.jsonl")
+    assert code == 2 and "missing column 'image'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "q.jsonl").exists()
+
+
 def test_the_teacher_predicts_from_a_table_with_its_text(run_dir, demo_root, tmp_path, capsys):
     code, out, err = _predict(capsys, run_dir, demo_root / "test.csv", "--model", "teacher", "--out", tmp_path / "t.csv")
     assert code == 0, err
