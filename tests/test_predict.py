@@ -81,7 +81,7 @@ def test_the_fp32_student_on_its_own_test_split_reproduces_results_json(run_dir,
     assert {t: m["auroc"] for t, m in metrics["tasks"].items()} == {t: m["auroc"] for t, m in results["tasks"].items()}
 
 
-@pytest.mark.parametrize("name", ["best", "int8_static_fx"])
+@pytest.mark.parametrize("name", ["best", "int8_static_fx", "onnx_int8_qdq"])
 def test_a_compressed_model_scores_what_compress_recorded(run_dir, demo_root, tmp_path, capsys, name):
     results = json.loads((run_dir / "results.json").read_text())
     entries = results["compressed"]
@@ -154,6 +154,64 @@ def test_bad_rows_of_a_table_are_errors_and_a_table_without_a_column_exits_2(run
     code, _, err = _predict(capsys, run_dir, table, "--model", "fp32", "--out", tmp_path / "q.jsonl")
     assert code == 2 and "missing column 'image'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "q.jsonl").exists()
+
+
+def test_output_as_parquet_jsonl_or_csv_on_stdout(run_dir, demo_root, tmp_path, capsys):
+    """The same rows whatever the format; with `-` stdout holds the CSV alone, the metrics go
+    to stderr."""
+    import pyarrow.parquet as pq
+
+    head = (demo_root / "test.csv").read_text().splitlines()[:4]
+    table = tmp_path / "three.csv"
+    table.write_text("\n".join(head) + "\n")
+    (tmp_path / "images").symlink_to(demo_root / "images")
+    args = (run_dir, table, "--model", "fp32", "--workers", "0")
+    assert _predict(capsys, *args, "--out", tmp_path / "p.csv")[0] == 0
+    expected = _rows(tmp_path / "p.csv")
+    assert list(expected[0]) == ["id", "finding", *[f"finding_prob_{c}" for c in mmdistill.load(run_dir, "fp32")
+                                                   .classes["finding"]], "urgent", "urgent_prob", "error"]
+    assert _predict(capsys, *args, "--out", tmp_path / "p.parquet")[0] == 0
+    assert _predict(capsys, *args, "--out", tmp_path / "p.jsonl")[0] == 0
+    code, out, err = _predict(capsys, *args, "--out", "-")
+    assert code == 0 and "score" in err and "score" not in out
+    as_csv = list(csv.DictReader(out.splitlines()))
+    for other in (pq.read_table(tmp_path / "p.parquet").to_pylist(),
+                  [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()], as_csv):
+        assert [{k: str(v) for k, v in r.items()} for r in other] == expected
+
+
+def test_a_run_directory_missing_files_exits_2_in_one_line(run_dir, demo_root, tmp_path, capsys):
+    """A run directory filled file by file: each missing piece is named in one line."""
+    import shutil
+
+    partial, image = tmp_path / "partial", demo_root / "images" / "test_0000.png"
+    partial.mkdir()
+    steps = [("config.yaml", "fp32", "results.json missing"), ("results.json", "fp32", "student checkpoint missing"),
+             ("checkpoints", "int8_static_fx", "compressed model file missing")]
+    for present, model, message in steps:
+        copy = shutil.copytree if (run_dir / present).is_dir() else shutil.copy
+        copy(run_dir / present, partial / present)
+        code, _, err = _predict(capsys, partial, image, "--model", model, "--out", tmp_path / "x.csv")
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_every_onnx_file_describes_itself(run_dir):
+    """Each ONNX file compress wrote carries the card: input names (the graph's), size,
+    channel order, mean/std as results.json records them, and the tasks' classes."""
+    import onnxruntime as ort
+
+    results = json.loads((run_dir / "results.json").read_text())
+    onnx_entries = [e for e in results["compressed"].values() if e["format"] == "onnx"]
+    assert len(onnx_entries) >= 3  # fp32, int8 QDQ, int8 QOperator
+    for entry in onnx_entries:
+        session = ort.InferenceSession(str(run_dir / entry["file"]), providers=["CPUExecutionProvider"])
+        card = json.loads(session.get_modelmeta().custom_metadata_map["mmdistill"])
+        assert [i["name"] for i in card["inputs"]] == [i.name for i in session.get_inputs()] == ["image"]
+        spec = card["inputs"][0]
+        assert spec["size"] == [16, 16] and spec["channels"] == [3] and card["channel_order"] == "RGB"
+        assert (spec["mean"], spec["std"]) == (results["image_stats"]["image"]["mean"],
+                                               results["image_stats"]["image"]["std"])
+        assert {t["name"]: t["classes"] for t in card["tasks"]} == {t: m["classes"] for t, m in results["tasks"].items()}
 
 
 def test_the_teacher_predicts_from_a_table_with_its_text(run_dir, demo_root, tmp_path, capsys):
