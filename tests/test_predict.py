@@ -195,6 +195,34 @@ def test_a_run_directory_missing_files_exits_2_in_one_line(run_dir, demo_root, t
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_a_run_applies_where_its_training_inputs_are_gone(run_dir, demo_root, tmp_path):
+    """Moved to another machine: the periodic checkpoint it resumed from rotated away, its timm
+    student's initial weights (pretrained, a local checkpoint) absent. The run's own
+    checkpoint is all the student needs."""
+    import shutil
+
+    import yaml
+
+    from mmdistill.config.schema import ExperimentConfig
+    from mmdistill.models.build import build_net
+    from mmdistill.models.checkpoints import save_weights
+    from mmdistill.predict.model import RunModels, applying_config
+
+    moved = tmp_path / "moved"
+    (moved / "checkpoints").mkdir(parents=True)
+    shutil.copy(run_dir / "results.json", moved)
+    raw = yaml.safe_load((run_dir / "config.yaml").read_text())
+    raw["training"]["student"]["resume_from"] = str(tmp_path / "rotated" / "student_epoch2.ckpt")
+    raw["student"]["encoders"]["image"] = {"type": "timm", "name": "test_efficientnet", "pretrained": True,
+                                           "checkpoint": str(tmp_path / "gone" / "weights.safetensors")}
+    (moved / "config.yaml").write_text(yaml.safe_dump(raw))
+    net = build_net(ExperimentConfig.model_validate(applying_config(raw)), "student", RunModels(run_dir).tasks())
+    save_weights(net, moved / "checkpoints" / "student_best.safetensors")
+    image = demo_root / "images" / "test_0000.png"
+    probs = mmdistill.load(moved, "fp32").predict(image)
+    assert probs["finding"].shape == (1, 4) and np.isfinite(probs["urgent"]).all()
+
+
 def test_every_onnx_file_describes_itself(run_dir):
     """Each ONNX file compress wrote carries the card: input names (the graph's), size,
     channel order, mean/std as results.json records them, and the tasks' classes."""
