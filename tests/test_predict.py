@@ -81,7 +81,7 @@ def test_the_fp32_student_on_its_own_test_split_reproduces_results_json(run_dir,
     assert {t: m["auroc"] for t, m in metrics["tasks"].items()} == {t: m["auroc"] for t, m in results["tasks"].items()}
 
 
-@pytest.mark.parametrize("name", ["best", "int8_static_fx"])
+@pytest.mark.parametrize("name", ["best", "int8_static_fx", "onnx_int8_qdq"])
 def test_a_compressed_model_scores_what_compress_recorded(run_dir, demo_root, tmp_path, capsys, name):
     results = json.loads((run_dir / "results.json").read_text())
     entries = results["compressed"]
@@ -132,6 +132,114 @@ def test_bad_sources_and_inputs_exit_2_naming_what_is_missing(run_dir, demo_root
     assert code == 2 and "no model 'nope'" in err and "int8_static_fx" in err
     code, _, err = _predict(capsys, run_dir, demo_root / "images", "--model", "teacher")
     assert code == 2 and "reads image (image), report (text)" in err  # the teacher needs its text too
+
+
+def test_bad_rows_of_a_table_are_errors_and_a_table_without_a_column_exits_2(run_dir, demo_root, tmp_path, capsys):
+    """JSONL rows may differ: a row without the image column, with a missing file or an empty
+    path is an error in its row; a column that no row has is the table's fault (exit 2)."""
+    table = tmp_path / "rows.jsonl"
+    good = str(demo_root / "images" / "test_0000.png")
+    rows = [{"image": good}, {"report": "no image"}, {"image": str(tmp_path / "gone.png")}, {"image": " "}]
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, err = _predict(capsys, run_dir, table, "--model", "fp32", "--out", tmp_path / "p.jsonl",
+                              "--workers", "0")
+    assert code == 0, err
+    written = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [r["error"] == "" for r in written] == [True, False, False, False]
+    assert "missing column 'image'" in written[1]["error"] and "gone.png" in written[2]["error"]
+    assert "empty image path" in written[3]["error"] and written[3]["finding"] == ""
+    assert "3 of 4 input(s) could not be predicted" in err and "rows.jsonl line 2" in err
+
+    table.write_text("".join(json.dumps({"picture": good}) + "\n" for _ in range(2)))
+    code, _, err = _predict(capsys, run_dir, table, "--model", "fp32", "--out", tmp_path / "q.jsonl")
+    assert code == 2 and "missing column 'image'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "q.jsonl").exists()
+
+
+def test_output_as_parquet_jsonl_or_csv_on_stdout(run_dir, demo_root, tmp_path, capsys):
+    """The same rows whatever the format; with `-` stdout holds the CSV alone, the metrics go
+    to stderr."""
+    import pyarrow.parquet as pq
+
+    head = (demo_root / "test.csv").read_text().splitlines()[:4]
+    table = tmp_path / "three.csv"
+    table.write_text("\n".join(head) + "\n")
+    (tmp_path / "images").symlink_to(demo_root / "images")
+    args = (run_dir, table, "--model", "fp32", "--workers", "0")
+    assert _predict(capsys, *args, "--out", tmp_path / "p.csv")[0] == 0
+    expected = _rows(tmp_path / "p.csv")
+    assert list(expected[0]) == ["id", "finding", *[f"finding_prob_{c}" for c in mmdistill.load(run_dir, "fp32")
+                                                   .classes["finding"]], "urgent", "urgent_prob", "error"]
+    assert _predict(capsys, *args, "--out", tmp_path / "p.parquet")[0] == 0
+    assert _predict(capsys, *args, "--out", tmp_path / "p.jsonl")[0] == 0
+    code, out, err = _predict(capsys, *args, "--out", "-")
+    assert code == 0 and "score" in err and "score" not in out
+    as_csv = list(csv.DictReader(out.splitlines()))
+    for other in (pq.read_table(tmp_path / "p.parquet").to_pylist(),
+                  [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()], as_csv):
+        assert [{k: str(v) for k, v in r.items()} for r in other] == expected
+
+
+def test_a_run_directory_missing_files_exits_2_in_one_line(run_dir, demo_root, tmp_path, capsys):
+    """A run directory filled file by file: each missing piece is named in one line."""
+    import shutil
+
+    partial, image = tmp_path / "partial", demo_root / "images" / "test_0000.png"
+    partial.mkdir()
+    steps = [("config.yaml", "fp32", "results.json missing"), ("results.json", "fp32", "student checkpoint missing"),
+             ("checkpoints", "int8_static_fx", "compressed model file missing")]
+    for present, model, message in steps:
+        copy = shutil.copytree if (run_dir / present).is_dir() else shutil.copy
+        copy(run_dir / present, partial / present)
+        code, _, err = _predict(capsys, partial, image, "--model", model, "--out", tmp_path / "x.csv")
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_run_applies_where_its_training_inputs_are_gone(run_dir, demo_root, tmp_path):
+    """Moved to another machine: the periodic checkpoint it resumed from rotated away, its timm
+    student's initial weights (pretrained, a local checkpoint) absent. The run's own
+    checkpoint is all the student needs."""
+    import shutil
+
+    import yaml
+
+    from mmdistill.config.schema import ExperimentConfig
+    from mmdistill.models.build import build_net
+    from mmdistill.models.checkpoints import save_weights
+    from mmdistill.predict.model import RunModels, applying_config
+
+    moved = tmp_path / "moved"
+    (moved / "checkpoints").mkdir(parents=True)
+    shutil.copy(run_dir / "results.json", moved)
+    raw = yaml.safe_load((run_dir / "config.yaml").read_text())
+    raw["training"]["student"]["resume_from"] = str(tmp_path / "rotated" / "student_epoch2.ckpt")
+    raw["student"]["encoders"]["image"] = {"type": "timm", "name": "test_efficientnet", "pretrained": True,
+                                           "checkpoint": str(tmp_path / "gone" / "weights.safetensors")}
+    (moved / "config.yaml").write_text(yaml.safe_dump(raw))
+    net = build_net(ExperimentConfig.model_validate(applying_config(raw)), "student", RunModels(run_dir).tasks())
+    save_weights(net, moved / "checkpoints" / "student_best.safetensors")
+    image = demo_root / "images" / "test_0000.png"
+    probs = mmdistill.load(moved, "fp32").predict(image)
+    assert probs["finding"].shape == (1, 4) and np.isfinite(probs["urgent"]).all()
+
+
+def test_every_onnx_file_describes_itself(run_dir):
+    """Each ONNX file compress wrote carries the card: input names (the graph's), size,
+    channel order, mean/std as results.json records them, and the tasks' classes."""
+    import onnxruntime as ort
+
+    results = json.loads((run_dir / "results.json").read_text())
+    onnx_entries = [e for e in results["compressed"].values() if e["format"] == "onnx"]
+    assert len(onnx_entries) >= 3  # fp32, int8 QDQ, int8 QOperator
+    for entry in onnx_entries:
+        session = ort.InferenceSession(str(run_dir / entry["file"]), providers=["CPUExecutionProvider"])
+        card = json.loads(session.get_modelmeta().custom_metadata_map["mmdistill"])
+        assert [i["name"] for i in card["inputs"]] == [i.name for i in session.get_inputs()] == ["image"]
+        spec = card["inputs"][0]
+        assert spec["size"] == [16, 16] and spec["channels"] == [3] and card["channel_order"] == "RGB"
+        assert (spec["mean"], spec["std"]) == (results["image_stats"]["image"]["mean"],
+                                               results["image_stats"]["image"]["std"])
+        assert {t["name"]: t["classes"] for t in card["tasks"]} == {t: m["classes"] for t, m in results["tasks"].items()}
 
 
 def test_the_teacher_predicts_from_a_table_with_its_text(run_dir, demo_root, tmp_path, capsys):

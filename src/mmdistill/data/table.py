@@ -48,8 +48,9 @@ def read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         raise UserError(f"{path}: unsupported table format {suffix!r}; use .csv, .jsonl or .parquet")
 
 
-def _columns(path: Path) -> list[str] | None:
-    """Header of a CSV or schema of a parquet file (JSONL rows may differ; checked per row)."""
+def table_columns(path: Path) -> list[str] | None:
+    """Header of a CSV or schema of a parquet file (JSONL rows may differ; checked per row).
+    Public: `mmdistill predict` checks its input table's columns the same way."""
     if path.suffix.lower() == ".csv":
         with path.open(newline="", encoding="utf-8-sig") as fh:
             return next(csv.reader(fh), [])
@@ -65,7 +66,7 @@ def read_split_file(raw: RawSplits, split: str, path: Path) -> None:
     The rows are an iterator: at a million rows, a list of row dicts would cost more memory than
     everything the run keeps of them (`data/records.py`)."""
     raw.files[split] = str(path)
-    header = _columns(path)
+    header = table_columns(path)
     if header is not None:
         raw.headers[str(path)] = header
     raw.rows[split] = read_rows(path)  # read as the records are built, never held as rows
@@ -87,7 +88,7 @@ def read_table(spec: TableSourceSpec) -> RawSplits:
     if not path.is_file():
         raise UserError(f"data.file: file not found: {path}")
     rows = list(read_rows(path))
-    header = _columns(path)
+    header = table_columns(path)
     has_split = any(spec.split_column in row for _, row in rows[:1]) if header is None else spec.split_column in header
     if header is not None:
         raw.headers[str(path)] = header

@@ -10,12 +10,11 @@ is a bad input as a whole (exit 2, naming the column).
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmdistill.data.table import read_rows
+from mmdistill.data.table import read_rows, table_columns
 from mmdistill.errors import UserError
 from mmdistill.models.card import ModelCard
 
@@ -61,27 +60,15 @@ def _images(paths: list[Path], card: ModelCard, source: Path) -> list[Item]:
     return [Item(id=str(p), values={name: p}) for p in paths]
 
 
-def _columns(path: Path) -> list[str] | None:
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            return next(csv.reader(fh), [])
-    if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
-
-        return list(pq.read_schema(path).names)
-    return None
-
-
 def _table(path: Path, card: ModelCard, image_root: Path) -> tuple[list[Item], bool]:
     needed = [c for i in card.inputs for c in i.columns]
-    header = _columns(path)
-    if header is not None:
-        missing = [c for c in needed if c not in header]
-        if missing:
-            raise UserError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
-                            f"that the model reads (columns: {', '.join(header)})")
+    header = table_columns(path)
+    if header is not None:  # CSV / parquet: checked before a row is read
+        _require(path, needed, header)
     label_columns = {t.name: t.column or t.name for t in card.tasks}
-    items, labelled = [], header is not None and all(c in header for c in label_columns.values())
+    items: list[Item] = []
+    seen: set[str] = set()          # columns any row has
+    common: set[str] | None = None  # columns every row has
     for origin, row in read_rows(path):
         item = Item(id=origin, values={})
         absent = [c for c in needed if c not in row]
@@ -91,14 +78,23 @@ def _table(path: Path, card: ModelCard, image_root: Path) -> tuple[list[Item], b
             for spec in card.inputs:
                 value = [row[c] for c in spec.columns] if spec.kind == "stacked_image" else row[spec.columns[0]]
                 item.values[spec.name] = _resolve(value, spec.kind, image_root)
-        if header is None:  # JSONL: rows may differ; labels count only where every row has them
-            labelled = labelled and all(c in row for c in label_columns.values()) if items else \
-                all(c in row for c in label_columns.values())
         item.labels = {task: row[column] for task, column in label_columns.items() if column in row}
+        seen.update(row)
+        common = set(row) if common is None else common & set(row)
         items.append(item)
     if not items:
         raise UserError(f"{path}: no rows")
-    return items, labelled
+    if header is None:  # JSONL has no header: a column that no row has is the table's fault, not one row's
+        _require(path, needed, sorted(seen))
+    return items, all(c in common for c in label_columns.values())  # labels only where every row has them
+
+
+def _require(path: Path, needed: list[str], columns: list[str]) -> None:
+    """Exit 2 naming the columns the model reads that the table lacks."""
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise UserError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+                        f"that the model reads (columns: {', '.join(columns)})")
 
 
 def _resolve(value: Any, kind: str, image_root: Path) -> Any:

@@ -15,6 +15,7 @@ side out (the card's `logits` layout), on the CPU.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,6 +143,23 @@ def net_backend(net: torch.nn.Module) -> Backend:
     return run
 
 
+def applying_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """A run's config.yaml as applying its trained models needs it: what only training reads is
+    dropped, so a run directory still works where its training inputs are gone (another
+    machine, a periodic checkpoint rotated away): each stage's resume_from / load_from (the
+    config checks would ask for those files), and each timm encoder's initial weights
+    (pretrained, checkpoint), which the run's own checkpoint replaces whole."""
+    raw = copy.deepcopy(raw)
+    for stage in (raw.get("training") or {}).values():
+        if isinstance(stage, dict):
+            stage.update({key: None for key in ("resume_from", "load_from") if key in stage})
+    for role in ("teacher", "student"):
+        for spec in ((raw.get(role) or {}).get("encoders") or {}).values():
+            if isinstance(spec, dict) and spec.get("type") == "timm":
+                spec.update(pretrained=False, checkpoint=None, checkpoint_format=None)
+    return raw
+
+
 class RunModels:
     """The models of one run directory, each loaded with its card, checked file by file."""
 
@@ -156,7 +174,7 @@ class RunModels:
 
         from mmdistill.config.loading import validate_config
 
-        self.config = validate_config(yaml.safe_load((self.run_dir / "config.yaml").read_text()),
+        self.config = validate_config(applying_config(yaml.safe_load((self.run_dir / "config.yaml").read_text())),
                                       str(self.run_dir / "config.yaml"))
         try:
             self.results = json.loads((self.run_dir / "results.json").read_text())
