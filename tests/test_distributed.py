@@ -119,17 +119,23 @@ def test_early_stopping_under_ddp_ends_the_stage_on_every_rank(demo_root, tmp_pa
 
 def test_configs_lightning_would_refuse_are_refused_naming_the_keys(demo_root, tmp_path, capsys):
     from mmdistill.cli import main
+    from mmdistill.preflight import load_config
 
     path = write_config(tmp_path / "c.yaml", tiny_config(demo_root, tmp_path / "runs"))
     for overrides, expected in (
             (["training.accelerator=cpu", "training.sync_batchnorm=true"], "training: `sync_batchnorm` works only on GPUs"),
             (["training.accelerator=cpu", "training.precision=16-mixed"], "`precision: 16-mixed` needs a GPU"),
             (["training.strategy=fsdp"], "training.strategy"),
-            (["training.strategy=deepspeed"], "training.strategy")):
+            (["training.strategy=deepspeed"], "training.strategy"),
+            # Lightning's CPU accelerator takes a count of processes, not GPU ids or -1
+            (["training.accelerator=cpu", "training.devices=0,1"], "`devices: 0,1` with `accelerator: cpu`"),
+            (["training.accelerator=cpu", "training.devices=-1"], "`devices: -1` with `accelerator: cpu`")):
         args = ["validate", str(path)] + [x for o in overrides for x in ("--set", o)]
         assert main(args) == 2, overrides
         assert expected in capsys.readouterr().err, overrides
     assert not (tmp_path / "runs").exists()
+    for devices in ("2", "auto"):  # what a CPU run may ask for
+        assert load_config(path, ["training.accelerator=cpu", f"training.devices={devices}"])
 
 
 def test_bf16_mixed_precision_with_channels_last_runs_every_stage(demo_root, tmp_path):
