@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import TINY_SIZES, metric_rows, tiny_config, write_config
 
@@ -172,3 +173,42 @@ def test_rank_shards_cover_one_process_order_exactly_once_weighted_or_not():
         interleaved = [s[i] for i in range(4) for s in shards]
         assert interleaved[:10] == single  # the same samples, in the same global order
         assert interleaved[10:] == single[:2]  # padding repeats the start, as DistributedSampler does
+
+
+HOST_READS = ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__")
+
+
+def test_training_and_validation_steps_read_nothing_back_to_the_host(monkeypatch):
+    """On a GPU every read of a tensor's value on the host (item, float, bool, tolist, numpy,
+    a copy to the CPU) waits for the device to finish the step so far. The steps keep their
+    sums and dev outputs on the device and read them once per epoch (`train/module.py`)."""
+    from mmdistill.config.schema import ImageModality, ModelSpec, StageTraining
+    from mmdistill.losses.objective import build_objective
+    from mmdistill.models.net import MultiModalNet, TaskInfo
+    from mmdistill.train.module import StageModule
+    from mmdistill.train.teachers import FrozenTeacher
+
+    tasks, mods = [TaskInfo("y", "multiclass", ("a", "b", "c"))], {"image": ImageModality(kind="image", column="i", size=8)}
+    net = lambda widths: MultiModalNet(ModelSpec.model_validate(  # noqa: E731
+        {"encoders": {"image": {"type": "tiny_cnn", "widths": widths}}, "projection_dim": 8}), mods, tasks)
+    torch.manual_seed(0)
+    student, teacher = net([4, 8]), FrozenTeacher(net([8, 16]))
+    module = StageModule("student", student, build_objective("kd", None, tasks, student, teacher.model),
+                         StageTraining(epochs=1), teacher, teacher)
+    monkeypatch.setattr(module, "log", lambda *a, **k: None)  # Lightning's, outside the step's own work
+    batches = [{"inputs": {"image": torch.randn(4, 3, 8, 8)}, "labels": {"y": torch.tensor([0, 1, 2, 1])},
+                "index": torch.arange(4) + 4 * i} for i in range(3)]
+    reads: list[str] = []
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _n=name, _f=original, **k: (reads.append(_n), _f(self, *a, **k))[1])
+    module.on_train_epoch_start()
+    for i, batch in enumerate(batches):
+        module.training_step(batch, i)
+    module.on_validation_epoch_start()
+    for i, batch in enumerate(batches):
+        module.validation_step(batch, i)
+    assert reads == []
+    monkeypatch.undo()
+    metrics = module._collector.metrics(tasks)  # once per pass: the host reads what the steps kept
+    assert metrics["tasks"]["y"]["n"] == 12 and float(module._dev_loss_sum) > 0
