@@ -272,6 +272,31 @@ def test_distance_terms_under_bf16_autocast_compute_what_float32_computes(cls):
     assert exact > 1e-3 and mixed == pytest.approx(exact, rel=1e-5)
 
 
+def test_mmd_never_holds_a_batch_by_batch_by_feature_tensor():
+    """The kernel's squared distances come from norms and one matmul: the largest tensor the
+    forward and backward make is B x D or B x B, never the B x B x D of pairwise differences
+    (B = 256, D = 1024 would be a gigabyte in fp32)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    Largest.numel = max(Largest.numel, t.numel())
+            return out
+
+    b, d = 16, 64
+    term = MaximumMeanDiscrepancy(MMDParams(), [MC], _Dims(d), _Dims(d))
+    hs = torch.randn(b, d, requires_grad=True)
+    out = lambda h: ModelOutput(logits={"m": torch.zeros(b, 3)}, fused=h)  # noqa: E731
+    with Largest():
+        term(out(hs), out(torch.randn(b, d)), _batch()).backward()
+    assert 0 < Largest.numel <= max(b * d, b * b) and hs.grad is not None
+
+
 @pytest.mark.parametrize("cls", [ContrastiveDistance, ProbabilisticKT, SimilarityPreserving, RelationalKD])
 def test_relational_terms_are_invariant_to_scaling_student_features(cls):
     term = _relational(cls)
