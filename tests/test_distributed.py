@@ -212,3 +212,34 @@ def test_training_and_validation_steps_read_nothing_back_to_the_host(monkeypatch
     monkeypatch.undo()
     metrics = module._collector.metrics(tasks)  # once per pass: the host reads what the steps kept
     assert metrics["tasks"]["y"]["n"] == 12 and float(module._dev_loss_sum) > 0
+
+
+def test_rank_1_with_overwrite_deletes_nothing_and_takes_rank_0s_answer(demo_root, tmp_path, monkeypatch):
+    """Under DDP every rank runs the command, --overwrite included. Rank 1 must neither delete
+    what rank 0 is writing nor decide for itself whether the run resumes (rank 0 has just made
+    the directory, whose marker then matches): it waits for rank 0's answer for this launch."""
+    from mmdistill.preflight import load_config
+    from mmdistill.run import directory
+
+    raw = tiny_config(demo_root, tmp_path / "runs")
+    raw["training"].update(accelerator="cpu", devices=2)
+    config = load_config(write_config(tmp_path / "c.yaml", raw))
+    for name in ("SLURM_JOB_ID", "SLURM_PROCID", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(directory, "FOLLOW_TIMEOUT_S", 1.0)
+    run = directory.RunDirectory(tmp_path / "run")
+    monkeypatch.setenv("MMDISTILL_SESSION", "earlier launch")
+    assert run.prepare(config) is False  # rank 0 of an earlier launch: a run is there
+    (run / "metrics.csv").write_text("epoch\n1\n")
+
+    monkeypatch.setenv("MMDISTILL_SESSION", "this launch")
+    monkeypatch.setattr(directory, "is_writer", lambda: False)
+    with pytest.raises(RuntimeError, match="rank 0 did not prepare"):  # rank 1 first: it waits, touching nothing
+        run.prepare(config, overwrite=True)
+    assert (run / "metrics.csv").is_file()
+    monkeypatch.setattr(directory, "is_writer", lambda: True)
+    assert run.prepare(config, overwrite=True) is False  # rank 0 replaces the run
+    assert not (run / "metrics.csv").exists()
+    monkeypatch.setattr(directory, "is_writer", lambda: False)
+    assert run.prepare(config, overwrite=True) is False  # rank 1 follows: a fresh run, not a resumed one
+    assert (run / directory.MARKER).is_file()
