@@ -243,3 +243,37 @@ def test_rank_1_with_overwrite_deletes_nothing_and_takes_rank_0s_answer(demo_roo
     monkeypatch.setattr(directory, "is_writer", lambda: False)
     assert run.prepare(config, overwrite=True) is False  # rank 1 follows: a fresh run, not a resumed one
     assert (run / directory.MARKER).is_file()
+
+
+def test_evaluation_features_and_extract_run_under_the_stages_precision(demo_root, tmp_path, monkeypatch):
+    """Final dev/test evaluation (and teacher scores), the features of probes and plots, and
+    `extract` run as training did: under the stage's autocast (and on its device), not in fp32."""
+    from mmdistill.config.smoke import smoke_config
+    from mmdistill.data.dataset import load_data
+    from mmdistill.data.demo import write_embeddings_demo
+    from mmdistill.eval.embeddings import collect_features
+    from mmdistill.models.build import build_model
+    from mmdistill.models.net import MultiModalNet
+    from mmdistill.preflight import load_config
+    from mmdistill.run.extract import extract_embeddings
+    from mmdistill.train.fit import evaluate_model
+
+    seen: list[torch.dtype | None] = []
+    forward = MultiModalNet.forward
+
+    def recording(self, *args, **kwargs):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(MultiModalNet, "forward", recording)
+    bf16 = ["training.accelerator=cpu", "training.precision=bf16-mixed"]
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_config(demo_root, tmp_path / "runs")), bf16)
+    data = load_data(config)
+    model = build_model(config, "student", data)
+    evaluate_model(model, data, "dev", 16, config)
+    collect_features(model, data, "dev", 16, config=config)
+    write_embeddings_demo(tmp_path / "emb", seed=1, sizes={"train": 9, "dev": 5, "test": 5})
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "feature_kd.yaml"
+    extract_embeddings(smoke_config(load_config(recipe, [f"data.root={tmp_path / 'emb'}", f"output_dir={tmp_path}",
+                                                         "logging.progress_bar=false", *bf16])))
+    assert len(seen) > 4 and set(seen) == {torch.bfloat16}
