@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import TINY_SIZES, metric_rows, tiny_config, write_config
 
@@ -31,13 +32,22 @@ DDP = ("--set", "training.accelerator=cpu", "--set", "training.devices=2", "--se
 
 
 
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
 @pytest.fixture(scope="module")
 def ddp_run(demo_root, tmp_path_factory):
+    """The demo recipe as shipped (ResNet-18 + frozen MiniLM teacher, so the text-vector cache
+    is built under DDP too), on the tiny demo data for 2 epochs per stage, with CRD added."""
     out = tmp_path_factory.mktemp("ddp")
-    raw = tiny_config(demo_root, out / "runs")
-    raw["logging"]["plots"] = True
+    raw = yaml.safe_load((RECIPES / "demo.yaml").read_text())
+    raw.update(experiment_name="tiny", output_dir=str(out / "runs"))
+    raw["data"]["root"] = str(demo_root)
+    raw["logging"] = {"progress_bar": False, "plots": True}
     raw["objective"] = {"terms": [{"term": "task", "weight": 0.5}, {"term": "kd_logits", "weight": 0.3},
                                   {"term": "crd", "weight": 0.2, "params": {"nce_k": 16}}]}
+    for stage in ("teacher", "student"):
+        raw["training"][stage].update(epochs=2, batch_size=16)
     config = write_config(out / "c.yaml", raw)
     done = _run(config, *DDP)
     return done, out / "runs" / "tiny"
@@ -63,6 +73,11 @@ def test_a_ddp_run_writes_once_and_measures_whole_splits(ddp_run):
         "baseline_best.safetensors", "student_best.safetensors", "teacher_best.safetensors"]
     assert (run_dir / "plots" / "curves.png").is_file()
     assert not list(run_dir.rglob(".*.tmp"))  # no rank left a half-written file behind
+    cache = run_dir.parent / "cache"
+    for kind in ("teacher", "text", "images"):  # built once, by one rank, and read by both
+        entries = [p for p in (cache / kind).iterdir() if not p.name.startswith(".")]
+        assert len(entries) >= 1 and all((p / "store.json").is_file() for p in entries), (kind, entries)
+    assert len(list((cache / "teacher").glob("*/store.json"))) == 1
 
 
 def _exact_config(demo_root, out: Path, batch: int) -> Path:
