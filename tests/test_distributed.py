@@ -292,3 +292,24 @@ def test_evaluation_features_and_extract_run_under_the_stages_precision(demo_roo
     extract_embeddings(smoke_config(load_config(recipe, [f"data.root={tmp_path / 'emb'}", f"output_dir={tmp_path}",
                                                          "logging.progress_bar=false", *bf16])))
     assert len(seen) > 4 and set(seen) == {torch.bfloat16}
+
+
+def test_each_rank_computes_outside_training_on_its_own_gpu(monkeypatch):
+    """Teacher caches, final evaluation and extract run on `compute_device`: local rank r on
+    the r-th GPU of `training.devices` (or cuda:r), never every rank on cuda:0."""
+    from types import SimpleNamespace
+
+    from mmdistill.distributed import compute_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.delenv("SLURM_LOCALID", raising=False)
+    config = lambda devices, accelerator="gpu": SimpleNamespace(  # noqa: E731
+        training=SimpleNamespace(accelerator=accelerator, devices=devices))
+    for rank, expected in ((0, ["cuda:0", "cuda:2", "cpu"]), (1, ["cuda:1", "cuda:3", "cpu"])):
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        got = [compute_device(config(4)), compute_device(config("2,3")), compute_device(config(2, "cpu"))]
+        assert [str(d) for d in got] == expected, rank
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setenv("SLURM_LOCALID", "1")  # srun numbers the processes of a node
+    assert str(compute_device(config(4))) == "cuda:1"
