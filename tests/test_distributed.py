@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 from conftest import TINY_SIZES, metric_rows, tiny_config, write_config
 
@@ -30,13 +32,22 @@ DDP = ("--set", "training.accelerator=cpu", "--set", "training.devices=2", "--se
 
 
 
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
 @pytest.fixture(scope="module")
 def ddp_run(demo_root, tmp_path_factory):
+    """The demo recipe as shipped (ResNet-18 + frozen MiniLM teacher, so the text-vector cache
+    is built under DDP too), on the tiny demo data for 2 epochs per stage, with CRD added."""
     out = tmp_path_factory.mktemp("ddp")
-    raw = tiny_config(demo_root, out / "runs")
-    raw["logging"]["plots"] = True
+    raw = yaml.safe_load((RECIPES / "demo.yaml").read_text())
+    raw.update(experiment_name="tiny", output_dir=str(out / "runs"))
+    raw["data"]["root"] = str(demo_root)
+    raw["logging"] = {"progress_bar": False, "plots": True}
     raw["objective"] = {"terms": [{"term": "task", "weight": 0.5}, {"term": "kd_logits", "weight": 0.3},
                                   {"term": "crd", "weight": 0.2, "params": {"nce_k": 16}}]}
+    for stage in ("teacher", "student"):
+        raw["training"][stage].update(epochs=2, batch_size=16)
     config = write_config(out / "c.yaml", raw)
     done = _run(config, *DDP)
     return done, out / "runs" / "tiny"
@@ -62,6 +73,11 @@ def test_a_ddp_run_writes_once_and_measures_whole_splits(ddp_run):
         "baseline_best.safetensors", "student_best.safetensors", "teacher_best.safetensors"]
     assert (run_dir / "plots" / "curves.png").is_file()
     assert not list(run_dir.rglob(".*.tmp"))  # no rank left a half-written file behind
+    cache = run_dir.parent / "cache"
+    for kind in ("teacher", "text", "images"):  # built once, by one rank, and read by both
+        entries = [p for p in (cache / kind).iterdir() if not p.name.startswith(".")]
+        assert len(entries) >= 1 and all((p / "store.json").is_file() for p in entries), (kind, entries)
+    assert len(list((cache / "teacher").glob("*/store.json"))) == 1
 
 
 def _exact_config(demo_root, out: Path, batch: int) -> Path:
@@ -119,17 +135,23 @@ def test_early_stopping_under_ddp_ends_the_stage_on_every_rank(demo_root, tmp_pa
 
 def test_configs_lightning_would_refuse_are_refused_naming_the_keys(demo_root, tmp_path, capsys):
     from mmdistill.cli import main
+    from mmdistill.preflight import load_config
 
     path = write_config(tmp_path / "c.yaml", tiny_config(demo_root, tmp_path / "runs"))
     for overrides, expected in (
             (["training.accelerator=cpu", "training.sync_batchnorm=true"], "training: `sync_batchnorm` works only on GPUs"),
             (["training.accelerator=cpu", "training.precision=16-mixed"], "`precision: 16-mixed` needs a GPU"),
             (["training.strategy=fsdp"], "training.strategy"),
-            (["training.strategy=deepspeed"], "training.strategy")):
+            (["training.strategy=deepspeed"], "training.strategy"),
+            # Lightning's CPU accelerator takes a count of processes, not GPU ids or -1
+            (["training.accelerator=cpu", "training.devices=0,1"], "`devices: 0,1` with `accelerator: cpu`"),
+            (["training.accelerator=cpu", "training.devices=-1"], "`devices: -1` with `accelerator: cpu`")):
         args = ["validate", str(path)] + [x for o in overrides for x in ("--set", o)]
         assert main(args) == 2, overrides
         assert expected in capsys.readouterr().err, overrides
     assert not (tmp_path / "runs").exists()
+    for devices in ("2", "auto"):  # what a CPU run may ask for
+        assert load_config(path, ["training.accelerator=cpu", f"training.devices={devices}"])
 
 
 def test_bf16_mixed_precision_with_channels_last_runs_every_stage(demo_root, tmp_path):
@@ -166,3 +188,128 @@ def test_rank_shards_cover_one_process_order_exactly_once_weighted_or_not():
         interleaved = [s[i] for i in range(4) for s in shards]
         assert interleaved[:10] == single  # the same samples, in the same global order
         assert interleaved[10:] == single[:2]  # padding repeats the start, as DistributedSampler does
+
+
+HOST_READS = ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__")
+
+
+def test_training_and_validation_steps_read_nothing_back_to_the_host(monkeypatch):
+    """On a GPU every read of a tensor's value on the host (item, float, bool, tolist, numpy,
+    a copy to the CPU) waits for the device to finish the step so far. The steps keep their
+    sums and dev outputs on the device and read them once per epoch (`train/module.py`)."""
+    from mmdistill.config.schema import ImageModality, ModelSpec, StageTraining
+    from mmdistill.losses.objective import build_objective
+    from mmdistill.models.net import MultiModalNet, TaskInfo
+    from mmdistill.train.module import StageModule
+    from mmdistill.train.teachers import FrozenTeacher
+
+    tasks, mods = [TaskInfo("y", "multiclass", ("a", "b", "c"))], {"image": ImageModality(kind="image", column="i", size=8)}
+    net = lambda widths: MultiModalNet(ModelSpec.model_validate(  # noqa: E731
+        {"encoders": {"image": {"type": "tiny_cnn", "widths": widths}}, "projection_dim": 8}), mods, tasks)
+    torch.manual_seed(0)
+    student, teacher = net([4, 8]), FrozenTeacher(net([8, 16]))
+    module = StageModule("student", student, build_objective("kd", None, tasks, student, teacher.model),
+                         StageTraining(epochs=1), teacher, teacher)
+    monkeypatch.setattr(module, "log", lambda *a, **k: None)  # Lightning's, outside the step's own work
+    batches = [{"inputs": {"image": torch.randn(4, 3, 8, 8)}, "labels": {"y": torch.tensor([0, 1, 2, 1])},
+                "index": torch.arange(4) + 4 * i} for i in range(3)]
+    reads: list[str] = []
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _n=name, _f=original, **k: (reads.append(_n), _f(self, *a, **k))[1])
+    module.on_train_epoch_start()
+    for i, batch in enumerate(batches):
+        module.training_step(batch, i)
+    module.on_validation_epoch_start()
+    for i, batch in enumerate(batches):
+        module.validation_step(batch, i)
+    assert reads == []
+    monkeypatch.undo()
+    metrics = module._collector.metrics(tasks)  # once per pass: the host reads what the steps kept
+    assert metrics["tasks"]["y"]["n"] == 12 and float(module._dev_loss_sum) > 0
+
+
+def test_rank_1_with_overwrite_deletes_nothing_and_takes_rank_0s_answer(demo_root, tmp_path, monkeypatch):
+    """Under DDP every rank runs the command, --overwrite included. Rank 1 must neither delete
+    what rank 0 is writing nor decide for itself whether the run resumes (rank 0 has just made
+    the directory, whose marker then matches): it waits for rank 0's answer for this launch."""
+    from mmdistill.preflight import load_config
+    from mmdistill.run import directory
+
+    raw = tiny_config(demo_root, tmp_path / "runs")
+    raw["training"].update(accelerator="cpu", devices=2)
+    config = load_config(write_config(tmp_path / "c.yaml", raw))
+    for name in ("SLURM_JOB_ID", "SLURM_PROCID", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(directory, "FOLLOW_TIMEOUT_S", 1.0)
+    run = directory.RunDirectory(tmp_path / "run")
+    monkeypatch.setenv("MMDISTILL_SESSION", "earlier launch")
+    assert run.prepare(config) is False  # rank 0 of an earlier launch: a run is there
+    (run / "metrics.csv").write_text("epoch\n1\n")
+
+    monkeypatch.setenv("MMDISTILL_SESSION", "this launch")
+    monkeypatch.setattr(directory, "is_writer", lambda: False)
+    with pytest.raises(RuntimeError, match="rank 0 did not prepare"):  # rank 1 first: it waits, touching nothing
+        run.prepare(config, overwrite=True)
+    assert (run / "metrics.csv").is_file()
+    monkeypatch.setattr(directory, "is_writer", lambda: True)
+    assert run.prepare(config, overwrite=True) is False  # rank 0 replaces the run
+    assert not (run / "metrics.csv").exists()
+    monkeypatch.setattr(directory, "is_writer", lambda: False)
+    assert run.prepare(config, overwrite=True) is False  # rank 1 follows: a fresh run, not a resumed one
+    assert (run / directory.MARKER).is_file()
+
+
+def test_evaluation_features_and_extract_run_under_the_stages_precision(demo_root, tmp_path, monkeypatch):
+    """Final dev/test evaluation (and teacher scores), the features of probes and plots, and
+    `extract` run as training did: under the stage's autocast (and on its device), not in fp32."""
+    from mmdistill.config.smoke import smoke_config
+    from mmdistill.data.dataset import load_data
+    from mmdistill.data.demo import write_embeddings_demo
+    from mmdistill.eval.embeddings import collect_features
+    from mmdistill.models.build import build_model
+    from mmdistill.models.net import MultiModalNet
+    from mmdistill.preflight import load_config
+    from mmdistill.run.extract import extract_embeddings
+    from mmdistill.train.fit import evaluate_model
+
+    seen: list[torch.dtype | None] = []
+    forward = MultiModalNet.forward
+
+    def recording(self, *args, **kwargs):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(MultiModalNet, "forward", recording)
+    bf16 = ["training.accelerator=cpu", "training.precision=bf16-mixed"]
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_config(demo_root, tmp_path / "runs")), bf16)
+    data = load_data(config)
+    model = build_model(config, "student", data)
+    evaluate_model(model, data, "dev", 16, config)
+    collect_features(model, data, "dev", 16, config=config)
+    write_embeddings_demo(tmp_path / "emb", seed=1, sizes={"train": 9, "dev": 5, "test": 5})
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "feature_kd.yaml"
+    extract_embeddings(smoke_config(load_config(recipe, [f"data.root={tmp_path / 'emb'}", f"output_dir={tmp_path}",
+                                                         "logging.progress_bar=false", *bf16])))
+    assert len(seen) > 4 and set(seen) == {torch.bfloat16}
+
+
+def test_each_rank_computes_outside_training_on_its_own_gpu(monkeypatch):
+    """Teacher caches, final evaluation and extract run on `compute_device`: local rank r on
+    the r-th GPU of `training.devices` (or cuda:r), never every rank on cuda:0."""
+    from types import SimpleNamespace
+
+    from mmdistill.distributed import compute_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.delenv("SLURM_LOCALID", raising=False)
+    config = lambda devices, accelerator="gpu": SimpleNamespace(  # noqa: E731
+        training=SimpleNamespace(accelerator=accelerator, devices=devices))
+    for rank, expected in ((0, ["cuda:0", "cuda:2", "cpu"]), (1, ["cuda:1", "cuda:3", "cpu"])):
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        got = [compute_device(config(4)), compute_device(config("2,3")), compute_device(config(2, "cpu"))]
+        assert [str(d) for d in got] == expected, rank
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setenv("SLURM_LOCALID", "1")  # srun numbers the processes of a node
+    assert str(compute_device(config(4))) == "cuda:1"

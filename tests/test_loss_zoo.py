@@ -272,6 +272,31 @@ def test_distance_terms_under_bf16_autocast_compute_what_float32_computes(cls):
     assert exact > 1e-3 and mixed == pytest.approx(exact, rel=1e-5)
 
 
+def test_mmd_never_holds_a_batch_by_batch_by_feature_tensor():
+    """The kernel's squared distances come from norms and one matmul: the largest tensor the
+    forward and backward make is B x D or B x B, never the B x B x D of pairwise differences
+    (B = 256, D = 1024 would be a gigabyte in fp32)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    Largest.numel = max(Largest.numel, t.numel())
+            return out
+
+    b, d = 16, 64
+    term = MaximumMeanDiscrepancy(MMDParams(), [MC], _Dims(d), _Dims(d))
+    hs = torch.randn(b, d, requires_grad=True)
+    out = lambda h: ModelOutput(logits={"m": torch.zeros(b, 3)}, fused=h)  # noqa: E731
+    with Largest():
+        term(out(hs), out(torch.randn(b, d)), _batch()).backward()
+    assert 0 < Largest.numel <= max(b * d, b * b) and hs.grad is not None
+
+
 @pytest.mark.parametrize("cls", [ContrastiveDistance, ProbabilisticKT, SimilarityPreserving, RelationalKD])
 def test_relational_terms_are_invariant_to_scaling_student_features(cls):
     term = _relational(cls)
@@ -375,6 +400,53 @@ def test_crd_matches_infonce_and_updates_the_memory_with_momentum(monkeypatch):
         untouched = np.setdiff1d(np.arange(10), touched)
         np.testing.assert_array_equal(new[untouched], old[untouched])
         np.testing.assert_allclose(np.linalg.norm(new, axis=1), 1.0, rtol=1e-12)
+
+
+def _crd_banks_after_one_step(rank: int, world: int, port: int, out: str) -> None:
+    """One CRD training step on rank `rank` of `world` (gloo), each rank with its half of the
+    batch; the banks saved to out/<rank>.pt. World 1: the whole batch in one process."""
+    import os
+
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)  # every rank seeded alike: the same embeddings and starting banks
+        term = _crd(momentum=0.8)
+        part = slice(rank * 4 // world, (rank + 1) * 4 // world)
+        index = torch.tensor([6, 3, 0, 9])[part]
+        labels = {k: v[: len(index)] for k, v in LABELS.items()}
+        term(ModelOutput(logits={}, fused=_t(HS[part])), ModelOutput(logits={}, fused=_t(HT[part])),
+             LossBatch(labels, index))
+        torch.save({"s": term.memory_s, "t": term.memory_t}, f"{out}/{rank}.pt")
+    finally:
+        if world > 1:
+            torch.distributed.destroy_process_group()
+
+
+def test_crd_banks_stay_identical_on_every_rank_and_equal_one_process(tmp_path):
+    """Under DDP each rank sees half the batch; the banks are updated with every rank's
+    embeddings and indices (all-gathered), so they stay equal on every rank (DDP does not
+    broadcast them) and equal one process's banks after the whole batch."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    _crd_banks_after_one_step(0, 1, port, str(tmp_path / "one"))
+    mp.spawn(_crd_banks_after_one_step, args=(2, port, str(tmp_path / "two")), nprocs=2, join=True)
+    one = torch.load(tmp_path / "one" / "0.pt")
+    ranks = [torch.load(tmp_path / "two" / f"{r}.pt") for r in (0, 1)]
+    torch.manual_seed(0)
+    before = _crd(momentum=0.8)
+    assert not torch.equal(one["s"][[6, 3, 0, 9]], before.memory_s[[6, 3, 0, 9]])  # the step moved those rows
+    for bank in ("s", "t"):
+        for banks in ranks:
+            torch.testing.assert_close(banks[bank], one[bank], rtol=0, atol=1e-12)
 
 
 def test_crd_negatives_are_uniform_over_the_other_samples():

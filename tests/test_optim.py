@@ -71,6 +71,31 @@ def test_warmup_freezes_then_unfreezes_the_last_layers():
     assert all(p.requires_grad for p in groups[-1]) and not any(p.requires_grad for p in groups[0])
 
 
+def test_warmup_under_ddp_keeps_requires_grad_and_drops_frozen_gradients():
+    """DDP registers the parameters that need gradients when it wraps the model: flipping
+    `requires_grad` later would leave an unfrozen layer's gradient unaveraged across ranks.
+    Under DDP every parameter keeps it, and a frozen one's gradient is dropped before the step."""
+    net = _net()
+
+    class Stub:
+        model = net
+
+    class Trainer:
+        current_epoch, world_size = 0, 2
+
+    warmup = BackboneWarmup(freeze_epochs=2, unfreeze_layers=1)
+    groups = net.encoders["image"].layer_groups()
+    for epoch, frozen in ((0, groups), (2, groups[:-1])):
+        Trainer.current_epoch = epoch
+        warmup.on_train_epoch_start(Trainer, Stub)
+        assert all(p.requires_grad for p in net.parameters())
+        for p in net.parameters():
+            p.grad = torch.ones_like(p)
+        warmup.on_before_optimizer_step(Trainer, Stub, None)
+        dropped = {id(p) for g in frozen for p in g}
+        assert all((p.grad is None) == (id(p) in dropped) for p in net.parameters()), epoch
+
+
 def test_warmup_and_validation_interval_in_a_run(demo_root, tmp_path):
     raw = tiny_config(demo_root, tmp_path / "runs")
     raw["training"]["teacher"].update(epochs=4, freeze_backbone_epochs=2, validation_interval=2, patience=None)

@@ -120,6 +120,8 @@ def test_runs_on_several_devices_get_one_process_per_device_from_srun(demo_root,
     assert main(["sweep", str(write_config(tmp_path / "s.yaml", raw)), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "#SBATCH --nodes=2" in out and "#SBATCH --ntasks-per-node=2" in out
+    # srun starts the 2 x 2 processes, and Lightning's SLURM environment reads their ranks
+    assert any(line.startswith("srun ") and "submitit.core._submit" in line for line in out.splitlines()), out
 
 
 def test_runs_on_several_devices_are_refused_where_nothing_starts_their_processes(demo_root, tmp_path, capsys):

@@ -24,6 +24,7 @@ from mmdistill.models.build import build_model
 from mmdistill.models.net import ModelOutput
 from mmdistill.run.experiment import run_experiment
 from mmdistill.cache.keys import teacher_outputs_key as cache_key
+from mmdistill.train.teachers import ROWS as teacher_rows_key
 from mmdistill.train.teachers import CachedTeacher, FrozenTeacher, dev_teacher_source, teacher_fields, teacher_source
 
 # logit KD, feature regression on the fused vector, and attention transfer on the feature map:
@@ -97,6 +98,46 @@ def test_cached_outputs_equal_the_teachers_outputs_field_by_field(demo_root, tmp
     torch.testing.assert_close(cached.derived[AT_FIELD], at.derive_teacher_field(AT_FIELD, live), atol=1e-6, rtol=1e-5)
     for task in live.logits:
         torch.testing.assert_close(cached.logits[task], live.logits[task], atol=1e-6, rtol=1e-5)
+
+
+def test_under_mixed_precision_the_cache_holds_what_the_live_teacher_computes_in_a_step(demo_root, tmp_path):
+    """Lightning runs the live teacher inside the step's autocast; the cache is built under the
+    same autocast, so turning the cache on or off changes nothing under bf16-mixed. Its key
+    keeps such outputs apart from fp32 ones."""
+    raw = _config(demo_root, tmp_path).model_dump(mode="json")
+    raw["training"].update(accelerator="cpu", precision="bf16-mixed")
+    config = ExperimentConfig.model_validate(raw)
+    data, teacher, objective = _parts(config)
+    fields = teacher_fields(objective)
+    assert cache_key(config, teacher, data, fields) != cache_key(_config(demo_root, tmp_path), teacher, data, fields)
+    source = teacher_source(config, teacher, objective, data)
+    assert isinstance(source, CachedTeacher)
+    batch = next(iter(data.loader("train", 8, shuffle=True, seed=3, modalities={"image"})))
+    cached = source(batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what Lightning's bf16-mixed step does around it
+        live = FrozenTeacher(teacher)(batch)
+    fp32 = FrozenTeacher(teacher)(batch)
+    for task in live.logits:
+        torch.testing.assert_close(cached.logits[task], live.logits[task].float(), atol=1e-6, rtol=1e-6)
+        assert (cached.logits[task] - fp32.logits[task]).abs().max() > 1e-4  # so the test can tell them apart
+    torch.testing.assert_close(cached.fused, live.fused.float(), atol=1e-6, rtol=1e-6)
+
+
+def test_the_train_loader_brings_the_cached_rows_so_the_step_reads_none(demo_root, tmp_path, monkeypatch):
+    """The rows are read in the loader's collate (its worker processes, ahead of the step), not
+    row by row inside the training step while the GPU waits."""
+    config = _config(demo_root, tmp_path)
+    data, teacher, objective = _parts(config)
+    source = teacher_source(config, teacher, objective, data)
+    loader = lambda collate: data.loader("train", 8, shuffle=True, seed=3, modalities={"image"}, collate=collate)  # noqa: E731
+    read_in_step = source(next(iter(loader(None))))
+    batch = next(iter(loader(source.collate())))
+    assert set(batch[teacher_rows_key]) == set(source.outputs.by_field)
+    monkeypatch.setattr(teacher_cache.TeacherOutputs, "read", lambda *a: pytest.fail("read inside the step"))
+    brought = source(batch)
+    for task in read_in_step.logits:
+        assert torch.equal(brought.logits[task], read_in_step.logits[task])
+    assert torch.equal(brought.fused, read_in_step.fused)
 
 
 def _at_config(demo_root, out, p: float) -> ExperimentConfig:

@@ -517,6 +517,10 @@ class TrainingSpec(Strict):
                 raise ValueError(f"`devices` is a number, a list of device ids such as '0,1', or auto (got {text!r})")
         elif self.devices == 0 or self.devices < -1:
             raise ValueError(f"`devices` must be at least 1 (or -1 for all), got {self.devices}")
+        if self.accelerator == "cpu" and str(self.devices).strip() != "auto" and not str(self.devices).strip().isdigit():
+            # Lightning's CPU accelerator counts processes: a list of GPU ids or -1 (all GPUs) means nothing there
+            raise ValueError(f"`devices: {self.devices}` with `accelerator: cpu`: give a number of processes "
+                             "(e.g. 2) or auto; device lists and -1 select GPUs")
         return self
 
 

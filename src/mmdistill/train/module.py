@@ -23,7 +23,9 @@ from mmdistill.train.optim import build_optimizer
 
 
 class OutputCollector:
-    """Gathers logits and labels over an evaluation pass."""
+    """Gathers logits and labels over an evaluation pass. They stay on the device they were
+    computed on until `metrics`: a copy to the host per batch would make the host wait for the
+    GPU at every step; one copy per pass is all the metrics need (dev logits are small)."""
 
     def __init__(self) -> None:
         self.logits: dict[str, list[torch.Tensor]] = {}
@@ -31,12 +33,12 @@ class OutputCollector:
 
     def add(self, output: ModelOutput, labels: dict[str, torch.Tensor]) -> None:
         for task, value in output.logits.items():
-            self.logits.setdefault(task, []).append(value.detach().float().cpu())
-            self.labels.setdefault(task, []).append(labels[task].detach().cpu())
+            self.logits.setdefault(task, []).append(value.detach().float())
+            self.labels.setdefault(task, []).append(labels[task].detach())
 
     def metrics(self, tasks: list[TaskInfo]) -> dict[str, Any]:
-        return evaluate(tasks, {k: torch.cat(v) for k, v in self.logits.items()},
-                        {k: torch.cat(v) for k, v in self.labels.items()})
+        return evaluate(tasks, {k: torch.cat(v).cpu() for k, v in self.logits.items()},
+                        {k: torch.cat(v).cpu() for k, v in self.labels.items()})
 
 
 class StageModule(L.LightningModule):
@@ -124,14 +126,14 @@ class StageModule(L.LightningModule):
         teacher = self.dev_teacher(batch) if self.dev_teacher is not None else None
         loss = self.objective.dev_loss(output, teacher, LossBatch(batch["labels"], batch["index"], self.progress()))
         n = len(batch["index"])
-        self._dev_loss_sum += float(loss) * n
+        self._dev_loss_sum = self._dev_loss_sum + loss.detach().double() * n  # on the device: read once per pass
         self._dev_count += n
 
     def on_validation_epoch_end(self) -> None:
         """Dev metrics (`eval/metrics.evaluate`) plus the dev loss; every monitorable value is
         logged (`config/monitor.py`), so early stopping can follow whichever one is chosen."""
         self.dev_metrics = self._collector.metrics(self.model.tasks)
-        self.dev_metrics["loss"] = self._dev_loss_sum / max(self._dev_count, 1)
+        self.dev_metrics["loss"] = float(self._dev_loss_sum) / max(self._dev_count, 1)
         if self.trainer.world_size > 1:
             # every rank evaluated the whole dev split (data/dataset.WholeSplit); rank 0's numbers
             # decide for all, so early stopping and the best epoch cannot disagree by a rounding
