@@ -154,6 +154,27 @@ def test_configs_lightning_would_refuse_are_refused_naming_the_keys(demo_root, t
         assert load_config(path, ["training.accelerator=cpu", f"training.devices={devices}"])
 
 
+def test_a_run_where_no_gpu_is_visible_is_checked_by_the_cpus_rules_before_anything_is_written(
+        demo_root, tmp_path, capsys, monkeypatch):
+    """`validate` passes `auto` + 16-mixed (it may run on a GPU-less login node for a GPU job);
+    `run` on a machine with no GPU would fail inside Lightning after making the run directory."""
+    from mmdistill.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    path = write_config(tmp_path / "c.yaml", tiny_config(demo_root, tmp_path / "runs"))
+    assert main(["validate", str(path), "--set", "training.precision=16-mixed"]) == 0
+    capsys.readouterr()
+    for overrides, expected in (
+            (["training.precision=16-mixed"], "training.accelerator=auto runs on the CPU here"),
+            (["training.sync_batchnorm=true"], "`sync_batchnorm` works only on GPUs"),
+            (["training.devices=0,1"], "`devices: 0,1` with `accelerator: cpu`"),
+            (["training.accelerator=gpu"], "training.accelerator=gpu: no GPU is visible here")):
+        args = ["run", str(path)] + [x for o in overrides for x in ("--set", o)]
+        assert main(args) == 2, overrides
+        assert expected in capsys.readouterr().err, overrides
+    assert not (tmp_path / "runs").exists()
+
+
 def test_bf16_mixed_precision_with_channels_last_runs_every_stage(demo_root, tmp_path):
     """What a GPU run would use, on the CPU: autocast in training, in the teacher-output cache
     build and in the final evaluation; channels-last weights saved and loaded back."""

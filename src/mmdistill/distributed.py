@@ -117,6 +117,27 @@ def check_launch(config: Any) -> None:
     if config.training.num_nodes > 1 and not (os.environ.get("SLURM_PROCID") or os.environ.get("RANK")):
         raise UserError(f"training.num_nodes={config.training.num_nodes}: start the run with srun inside an sbatch "
                         "job (or torchrun, which sets RANK and WORLD_SIZE); see docs/distributed.md")
+    if config.training.accelerator != "cpu" and not torch.cuda.is_available():
+        _check_as_cpu(config.training)
+
+
+def _check_as_cpu(training: Any) -> None:
+    """`validate` may run on a GPU-less login node, so it checks only what holds everywhere; a
+    run that starts where no GPU is visible runs on the CPU, and must pass the CPU's rules
+    before the run directory exists (Lightning would refuse it after)."""
+    from pydantic import ValidationError
+
+    from mmdistill.errors import UserError
+
+    if training.accelerator == "gpu":
+        raise UserError("training.accelerator=gpu: no GPU is visible here (torch.cuda.is_available() is False); "
+                        "use auto or cpu")
+    try:
+        type(training).model_validate({**training.model_dump(), "accelerator": "cpu"})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UserError(f"training.accelerator={training.accelerator} runs on the CPU here (no GPU is visible), "
+                        f"where training: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 def autocast(config: Any, device: torch.device) -> ContextManager:
