@@ -121,3 +121,38 @@ def test_overwrite_deletes_only_a_run(demo_root, tmp_path, capsys):
 
 def path_of(tmp_path, raw, name):
     return write_config(tmp_path / "n.yaml", {**raw, "experiment_name": name})
+
+
+def _epoch(recorder, epoch: int, score: float) -> None:
+    """One validated epoch as Lightning drives the recorder; the weights saved are `epoch`."""
+    from types import SimpleNamespace
+
+    trainer = SimpleNamespace(sanity_checking=False, current_epoch=epoch - 1,
+                              optimizers=[SimpleNamespace(param_groups=[{"lr": 0.1}])])
+    module = SimpleNamespace(dev_metrics={"score": score, "loss": 1 - score, "accuracy": score, "tasks": {}},
+                             train_summary=lambda: {"loss": 0.5}, model=SimpleNamespace(tasks=[], epoch=epoch))
+    recorder.on_train_epoch_start(trainer, module)
+    recorder.on_validation_start(trainer, module)
+    recorder.on_validation_end(trainer, module)
+
+
+def test_a_resumed_stage_keeps_its_best_checkpoint_and_earlier_rows(tmp_path, monkeypatch):
+    """The recorder's state travels in the last checkpoint: after resuming, an epoch worse than
+    the best so far must not replace the best weights, and the rows before it stay."""
+    import mmdistill.train.recorder as recorder_module
+    from mmdistill.train.recorder import EpochRecorder, MetricsLog
+
+    monkeypatch.setattr(recorder_module, "save_weights", lambda model, path: path.write_text(str(model.epoch)))
+    best = tmp_path / "checkpoints" / "teacher_best.safetensors"
+    best.parent.mkdir()
+    first = EpochRecorder("teacher", MetricsLog(tmp_path / "metrics.csv"), best)
+    for epoch, score in ((1, 0.5), (2, 0.9), (3, 0.6)):
+        _epoch(first, epoch, score)
+    state = first.state_dict()  # the last checkpoint, written after epoch 3; then the run is killed
+
+    again = EpochRecorder("teacher", MetricsLog.resume(tmp_path / "metrics.csv"), best)
+    again.load_state_dict(state)
+    _epoch(again, 4, 0.7)
+    assert best.read_text() == "2" and again.best_epoch == 2 and again.best_value == 0.9
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert [(r["epoch"], r["dev_score"]) for r in rows] == [("1", "0.5"), ("2", "0.9"), ("3", "0.6"), ("4", "0.7")]
