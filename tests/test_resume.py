@@ -119,6 +119,18 @@ def test_overwrite_deletes_only_a_run(demo_root, tmp_path, capsys):
     assert (tmp_path / "out" / "precious" / "thesis.tex").exists()
 
 
+def test_overwrite_leaves_a_folder_that_only_looks_like_a_run(demo_root, tmp_path, capsys):
+    """Run-like names are not a run: only a marker (or a file only a run writes) lets
+    --overwrite delete a directory."""
+    raw = _config(demo_root, tmp_path / "out")
+    figure = tmp_path / "out" / "tiny" / "plots" / "figure_3.png"
+    figure.parent.mkdir(parents=True)
+    figure.write_bytes(b"a figure for the paper")
+    assert main(["run", str(write_config(tmp_path / "c.yaml", raw)), "--overwrite"]) == 2
+    assert "not an mmdistill run directory" in capsys.readouterr().err
+    assert figure.read_bytes() == b"a figure for the paper"
+
+
 def path_of(tmp_path, raw, name):
     return write_config(tmp_path / "n.yaml", {**raw, "experiment_name": name})
 

@@ -227,7 +227,8 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(demo_root, tmp_path, monk
     def killed_at_seed_2(job):
         if job.kind == "run" and job.seed == 2:
             Path(job.run_dir).mkdir(parents=True)
-            (Path(job.run_dir) / "metrics.csv").write_text("stage,epoch\nstudent,1\n")  # a half-done run
+            (Path(job.run_dir) / "config.yaml").write_text("experiment_name: tiny\n")  # a half-done run
+            (Path(job.run_dir) / "metrics.csv").write_text("stage,epoch\nstudent,1\n")
             raise KeyboardInterrupt
         return real(job)
 
