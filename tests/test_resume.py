@@ -168,3 +168,29 @@ def test_a_resumed_stage_keeps_its_best_checkpoint_and_earlier_rows(tmp_path, mo
     assert best.read_text() == "2" and again.best_epoch == 2 and again.best_value == 0.9
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
     assert [(r["epoch"], r["dev_score"]) for r in rows] == [("1", "0.5"), ("2", "0.9"), ("3", "0.6"), ("4", "0.7")]
+
+
+def test_a_stage_started_from_resume_from_resumes_from_its_own_last_checkpoint(demo_root, tmp_path, capsys):
+    """A run whose config says `resume_from`, killed after more epochs, continues from its last
+    checkpoint: starting over from `resume_from` would lose them (every time a SLURM job is
+    requeued, so a job at its time limit would never finish)."""
+    raw = _config(demo_root, tmp_path / "a")
+    raw["training"]["teacher"].update(epochs=3, save_every=1, keep_last=3)
+    raw["training"].update(baseline=False)
+    raw["training"]["student"]["epochs"] = 1
+    assert main(["run", str(write_config(tmp_path / "a.yaml", raw))]) == 0
+    epochs = tmp_path / "a" / "tiny" / "checkpoints" / "teacher_epochs"
+
+    raw["output_dir"] = str(tmp_path / "b")
+    raw["training"]["teacher"].update(save_every=None, resume_from=str(epochs / "epoch001.ckpt"))
+    path = write_config(tmp_path / "b.yaml", raw)
+    assert main(["run", str(path)]) == 0
+    run_dir = tmp_path / "b" / "tiny"
+    for name in ("results.json", "stages/teacher.json", "stages/student.json"):  # killed after epoch 2
+        (run_dir / name).unlink()
+    (run_dir / "checkpoints" / "teacher_last.ckpt").write_bytes((epochs / "epoch002.ckpt").read_bytes())
+    capsys.readouterr()
+    assert main(["run", str(path)]) == 0
+    assert "resuming the teacher stage after epoch 2" in capsys.readouterr().err
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows if r["stage"] == "teacher"] == ["1", "2", "3"]
