@@ -194,3 +194,30 @@ def test_a_stage_started_from_resume_from_resumes_from_its_own_last_checkpoint(d
     assert "resuming the teacher stage after epoch 2" in capsys.readouterr().err
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert [r["epoch"] for r in rows if r["stage"] == "teacher"] == ["1", "2", "3"]
+
+
+def test_a_run_directory_is_another_run_when_the_teacher_content_or_the_code_version_changes(demo_root, tmp_path,
+                                                                                          monkeypatch):
+    """Identity is the teacher checkpoint's content (not its path) and the mmdistill version:
+    either changed, the directory is refused instead of resumed."""
+    import mmdistill
+    from mmdistill.config.schema import ExperimentConfig
+    from mmdistill.errors import UserError
+    from mmdistill.run.directory import RunDirectory
+
+    checkpoint = tmp_path / "teacher.safetensors"
+    checkpoint.write_bytes(b"weights, first training")
+    raw = _config(demo_root, tmp_path / "runs")
+    raw["teacher"]["checkpoint"] = str(checkpoint)
+    config = ExperimentConfig.model_validate(raw)
+    directory = RunDirectory(tmp_path / "runs" / "tiny")
+    assert directory.prepare(config, data_signature="d") is False
+    assert directory.prepare(config, data_signature="d") is True  # the same run: resumed
+
+    checkpoint.write_bytes(b"weights, trained again")  # the same path
+    with pytest.raises(UserError, match="the teacher checkpoint's content changed"):
+        directory.prepare(config, data_signature="d")
+    checkpoint.write_bytes(b"weights, first training")
+    monkeypatch.setattr(mmdistill, "__version__", "99.0")
+    with pytest.raises(UserError, match="the mmdistill version changed"):
+        directory.prepare(config, data_signature="d")
