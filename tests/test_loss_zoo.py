@@ -489,6 +489,22 @@ def test_objective_passes_the_dataset_size_to_crd():
     assert not build_objective("kd", None, [MC, BIN], net, net).needs_dataset_size
 
 
+def test_crd_memory_banks_are_part_of_the_state_a_resumed_stage_loads():
+    """The objective's state_dict is in the stage's last checkpoint (train/resume.py): a stage
+    resumed from it must continue with the banks it had, not freshly drawn random ones."""
+    net, teacher = _net([4], 4), _net([4], 6)
+    trained = build_objective("crd", None, [MC, BIN], net, teacher)
+    trained.set_dataset_size(12)
+    banks = trained.terms[trained.names.index("crd")]
+    banks.memory_s.fill_(0.5)
+    banks.memory_t.fill_(-0.25)
+    resumed = build_objective("crd", None, [MC, BIN], net, teacher)
+    resumed.set_dataset_size(12)  # what the student stage does before Lightning loads the checkpoint
+    resumed.load_state_dict(trained.state_dict())
+    again = resumed.terms[resumed.names.index("crd")]
+    assert torch.equal(again.memory_s, banks.memory_s) and torch.equal(again.memory_t, banks.memory_t)
+
+
 # --------------------------------------------------------------------------- attention transfer
 
 

@@ -119,5 +119,105 @@ def test_overwrite_deletes_only_a_run(demo_root, tmp_path, capsys):
     assert (tmp_path / "out" / "precious" / "thesis.tex").exists()
 
 
+def test_overwrite_leaves_a_folder_that_only_looks_like_a_run(demo_root, tmp_path, capsys):
+    """Run-like names are not a run: only a marker (or a file only a run writes) lets
+    --overwrite delete a directory."""
+    raw = _config(demo_root, tmp_path / "out")
+    figure = tmp_path / "out" / "tiny" / "plots" / "figure_3.png"
+    figure.parent.mkdir(parents=True)
+    figure.write_bytes(b"a figure for the paper")
+    assert main(["run", str(write_config(tmp_path / "c.yaml", raw)), "--overwrite"]) == 2
+    assert "not an mmdistill run directory" in capsys.readouterr().err
+    assert figure.read_bytes() == b"a figure for the paper"
+
+
 def path_of(tmp_path, raw, name):
     return write_config(tmp_path / "n.yaml", {**raw, "experiment_name": name})
+
+
+def _epoch(recorder, epoch: int, score: float) -> None:
+    """One validated epoch as Lightning drives the recorder; the weights saved are `epoch`."""
+    from types import SimpleNamespace
+
+    trainer = SimpleNamespace(sanity_checking=False, current_epoch=epoch - 1,
+                              optimizers=[SimpleNamespace(param_groups=[{"lr": 0.1}])])
+    module = SimpleNamespace(dev_metrics={"score": score, "loss": 1 - score, "accuracy": score, "tasks": {}},
+                             train_summary=lambda: {"loss": 0.5}, model=SimpleNamespace(tasks=[], epoch=epoch))
+    recorder.on_train_epoch_start(trainer, module)
+    recorder.on_validation_start(trainer, module)
+    recorder.on_validation_end(trainer, module)
+
+
+def test_a_resumed_stage_keeps_its_best_checkpoint_and_earlier_rows(tmp_path, monkeypatch):
+    """The recorder's state travels in the last checkpoint: after resuming, an epoch worse than
+    the best so far must not replace the best weights, and the rows before it stay."""
+    import mmdistill.train.recorder as recorder_module
+    from mmdistill.train.recorder import EpochRecorder, MetricsLog
+
+    monkeypatch.setattr(recorder_module, "save_weights", lambda model, path: path.write_text(str(model.epoch)))
+    best = tmp_path / "checkpoints" / "teacher_best.safetensors"
+    best.parent.mkdir()
+    first = EpochRecorder("teacher", MetricsLog(tmp_path / "metrics.csv"), best)
+    for epoch, score in ((1, 0.5), (2, 0.9), (3, 0.6)):
+        _epoch(first, epoch, score)
+    state = first.state_dict()  # the last checkpoint, written after epoch 3; then the run is killed
+
+    again = EpochRecorder("teacher", MetricsLog.resume(tmp_path / "metrics.csv"), best)
+    again.load_state_dict(state)
+    _epoch(again, 4, 0.7)
+    assert best.read_text() == "2" and again.best_epoch == 2 and again.best_value == 0.9
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert [(r["epoch"], r["dev_score"]) for r in rows] == [("1", "0.5"), ("2", "0.9"), ("3", "0.6"), ("4", "0.7")]
+
+
+def test_a_stage_started_from_resume_from_resumes_from_its_own_last_checkpoint(demo_root, tmp_path, capsys):
+    """A run whose config says `resume_from`, killed after more epochs, continues from its last
+    checkpoint: starting over from `resume_from` would lose them (every time a SLURM job is
+    requeued, so a job at its time limit would never finish)."""
+    raw = _config(demo_root, tmp_path / "a")
+    raw["training"]["teacher"].update(epochs=3, save_every=1, keep_last=3)
+    raw["training"].update(baseline=False)
+    raw["training"]["student"]["epochs"] = 1
+    assert main(["run", str(write_config(tmp_path / "a.yaml", raw))]) == 0
+    epochs = tmp_path / "a" / "tiny" / "checkpoints" / "teacher_epochs"
+
+    raw["output_dir"] = str(tmp_path / "b")
+    raw["training"]["teacher"].update(save_every=None, resume_from=str(epochs / "epoch001.ckpt"))
+    path = write_config(tmp_path / "b.yaml", raw)
+    assert main(["run", str(path)]) == 0
+    run_dir = tmp_path / "b" / "tiny"
+    for name in ("results.json", "stages/teacher.json", "stages/student.json"):  # killed after epoch 2
+        (run_dir / name).unlink()
+    (run_dir / "checkpoints" / "teacher_last.ckpt").write_bytes((epochs / "epoch002.ckpt").read_bytes())
+    capsys.readouterr()
+    assert main(["run", str(path)]) == 0
+    assert "resuming the teacher stage after epoch 2" in capsys.readouterr().err
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows if r["stage"] == "teacher"] == ["1", "2", "3"]
+
+
+def test_a_run_directory_is_another_run_when_the_teacher_content_or_the_code_version_changes(demo_root, tmp_path,
+                                                                                          monkeypatch):
+    """Identity is the teacher checkpoint's content (not its path) and the mmdistill version:
+    either changed, the directory is refused instead of resumed."""
+    import mmdistill
+    from mmdistill.config.schema import ExperimentConfig
+    from mmdistill.errors import UserError
+    from mmdistill.run.directory import RunDirectory
+
+    checkpoint = tmp_path / "teacher.safetensors"
+    checkpoint.write_bytes(b"weights, first training")
+    raw = _config(demo_root, tmp_path / "runs")
+    raw["teacher"]["checkpoint"] = str(checkpoint)
+    config = ExperimentConfig.model_validate(raw)
+    directory = RunDirectory(tmp_path / "runs" / "tiny")
+    assert directory.prepare(config, data_signature="d") is False
+    assert directory.prepare(config, data_signature="d") is True  # the same run: resumed
+
+    checkpoint.write_bytes(b"weights, trained again")  # the same path
+    with pytest.raises(UserError, match="the teacher checkpoint's content changed"):
+        directory.prepare(config, data_signature="d")
+    checkpoint.write_bytes(b"weights, first training")
+    monkeypatch.setattr(mmdistill, "__version__", "99.0")
+    with pytest.raises(UserError, match="the mmdistill version changed"):
+        directory.prepare(config, data_signature="d")

@@ -227,7 +227,8 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(demo_root, tmp_path, monk
     def killed_at_seed_2(job):
         if job.kind == "run" and job.seed == 2:
             Path(job.run_dir).mkdir(parents=True)
-            (Path(job.run_dir) / "metrics.csv").write_text("stage,epoch\nstudent,1\n")  # a half-done run
+            (Path(job.run_dir) / "config.yaml").write_text("experiment_name: tiny\n")  # a half-done run
+            (Path(job.run_dir) / "metrics.csv").write_text("stage,epoch\nstudent,1\n")
             raise KeyboardInterrupt
         return real(job)
 
@@ -313,3 +314,29 @@ def test_a_teacher_trained_again_at_the_same_path_makes_its_runs_stale(sweep):
     finally:
         checkpoint.write_bytes(original)
     assert job.is_finished()
+
+
+def test_a_preempted_sweep_job_resumes_its_run_and_keeps_its_checkpoints(demo_root, tmp_path):
+    """A job run again (requeued after preemption or its time limit) finds its own run: the
+    finished stages are read back and the periodic checkpoints are kept, not deleted by an
+    overwrite (a job of another config in that directory is still replaced)."""
+    from mmdistill.sweep.jobs import Job, execute_job
+
+    raw = tiny_config(demo_root, tmp_path / "runs")
+    raw["logging"]["plots"] = False
+    for stage in ("teacher", "student"):
+        raw["training"][stage]["epochs"] = 1
+    tree = ExperimentConfig.model_validate(raw).model_dump(mode="json")
+    run_dir = tmp_path / "runs" / "tiny" / "default" / "seed_7"
+    job = Job("run", "default seed 7", str(run_dir), tree, "h", variant="default", seed=7)
+    assert execute_job(job).ok
+    for name in ("results.json", "stages/baseline.json"):  # preempted while training the baseline
+        (run_dir / name).unlink()
+    kept = run_dir / "checkpoints" / "student_epochs" / "epoch001.ckpt"
+    kept.parent.mkdir()
+    kept.write_bytes(b"a periodic checkpoint")
+    teacher = (run_dir / "checkpoints" / "teacher_best.safetensors").stat().st_mtime_ns
+    assert execute_job(job).ok
+    assert kept.read_bytes() == b"a periodic checkpoint"
+    assert (run_dir / "checkpoints" / "teacher_best.safetensors").stat().st_mtime_ns == teacher  # not retrained
+    assert (run_dir / "results.json").is_file()

@@ -39,5 +39,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """A figure rendered in memory (a sweep report's PNGs), written whole or not at all."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")

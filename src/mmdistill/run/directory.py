@@ -14,7 +14,7 @@ A re-run of the same command finds the marker with the same identity (`config/ha
 run_identity`: the config, the teacher checkpoint's content, the mmdistill version) and
 resumes: finished stages are read back, an interrupted one continues from its last checkpoint.
 Another identity is refused, naming the keys that differ, unless --overwrite, which deletes
-only a directory that carries a marker (or a finished run of an older mmdistill).
+only a directory that carries a marker (or a run of an older mmdistill: `_legacy`).
 
 Every file is written whole or not at all (`io.atomic_path`). Which process writes the run's
 files is decided in one place, `distributed.is_writer`: the process of global rank 0 (the only one when
@@ -47,6 +47,9 @@ SUBDIRS = ("checkpoints", "confusion", "plots", "stages")
 # a directory holding anything else is not deleted by --overwrite
 RUN_FILES = {*SUBDIRS, MARKER, RESULTS, "config.yaml", "metrics.csv", "error.log", "compressed", "compress.md",
              "report.md", "report.html", "report_files", "tensorboard", "mlruns", "wandb", "trackers.json", SESSION}
+# files only mmdistill leaves at a run's top level: config.yaml (an older run, once its caches were
+# attached), results.json (a finished run), error.log (a sweep job that failed before preparing one)
+UNMARKED_RUN_FILES = ("config.yaml", RESULTS, "error.log")
 
 
 class RunDirectory:
@@ -119,8 +122,15 @@ class RunDirectory:
             return None
 
     def _legacy(self) -> bool:
-        """A run written before run markers existed: nothing in it but what runs write."""
-        return all(entry.name in RUN_FILES for entry in self.path.iterdir())
+        """A run written before run markers existed: nothing in it but what runs write, and a
+        file only a run writes there, or only the empty folders an older run made before it was
+        killed. Names alone are not enough: a folder holding just `plots/` or `checkpoints/` of
+        someone's own is not a run, and --overwrite leaves it."""
+        entries = list(self.path.iterdir())
+        if not all(entry.name in RUN_FILES for entry in entries):
+            return False
+        return any((self.path / name).is_file() for name in UNMARKED_RUN_FILES) or \
+            all(entry.is_dir() and not any(entry.iterdir()) for entry in entries)
 
     def _why_different(self, config: Any, marker: dict | None, identity: dict) -> str:
         try:

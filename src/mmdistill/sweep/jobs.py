@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mmdistill.errors import UserError
+from mmdistill.io import write_text_atomic
 
 
 @dataclass
@@ -98,8 +99,7 @@ def execute_job(job: Job) -> Outcome:
 
         try:
             if is_writer():  # a run on many devices fails on every rank; rank 0 says why
-                run_dir.mkdir(parents=True, exist_ok=True)
-                (run_dir / "error.log").write_text(traceback.format_exc() + f"\n{line}\n")
+                write_text_atomic(run_dir / "error.log", traceback.format_exc() + f"\n{line}\n")
         except OSError:
             pass
         return Outcome(job.label, False, time.perf_counter() - start, error=line)

@@ -21,7 +21,7 @@ import numpy as np
 
 from mmdistill.errors import UserError
 from mmdistill.eval.metrics import SCORE_MEANING
-from mmdistill.io import write_text_atomic
+from mmdistill.io import write_bytes_atomic, write_text_atomic
 from mmdistill.sweep import figures
 from mmdistill.sweep.aggregate import AGGREGATED, BEST_CONFIG, MANIFEST, aggregate, flatten_metrics
 from mmdistill.sweep.jobs import error_line
@@ -142,7 +142,7 @@ def write_report(target: Path, blocks: list[Block], title: str) -> dict[str, Pat
     for kind, item in blocks:
         if kind == "figure":
             files.mkdir(exist_ok=True)
-            (files / f"{item.name}.png").write_bytes(item.png)
+            write_bytes_atomic(files / f"{item.name}.png", item.png)
     paths = {"md": target / "report.md", "html": target / "report.html"}
     write_text_atomic(paths["md"], render_markdown(blocks))
     write_text_atomic(paths["html"], render_html(blocks, title))

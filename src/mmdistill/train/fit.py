@@ -119,7 +119,9 @@ def train_stage(name: str, config: ExperimentConfig, stage: StageTraining, model
     (built first if needed) or, with `cache.teacher: false`, from running it every step.
     `views`: the train split's augmented views per sample the stage cycles through, None for a
     fresh one every epoch (`data/views.py`). `last_path`: where the stage keeps its last
-    checkpoint (`train/resume.py`); when one is there, the stage continues from it.
+    checkpoint (`train/resume.py`); when one is there, the stage continues from it, not from
+    `resume_from` (where an earlier attempt of this run started, so a requeued job never
+    starts over from there).
     """
     start = time.perf_counter()
     if isinstance(teacher, MultiModalNet):
@@ -155,8 +157,8 @@ def train_stage(name: str, config: ExperimentConfig, stage: StageTraining, model
         budget = config.training.last_checkpoint_budget
         callbacks += [LastCheckpoint(last_path, budget)] if budget > 0 else []
         callbacks.append(ResumeState(train_loader))
-        done = checkpoint_epoch(last_path) if ckpt_path is None and last_path.is_file() else None
-        if done is not None:
+        done = checkpoint_epoch(last_path) if last_path.is_file() else None
+        if done is not None:  # newer than any `resume_from`: this run wrote it after starting from there
             ckpt_path = last_path
             logger.warning("resuming the %s stage after epoch %d, from %s", name, done, last_path)
     elif ckpt_path is not None:
