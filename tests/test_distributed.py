@@ -334,3 +334,66 @@ def test_each_rank_computes_outside_training_on_its_own_gpu(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK")
     monkeypatch.setenv("SLURM_LOCALID", "1")  # srun numbers the processes of a node
     assert str(compute_device(config(4))) == "cuda:1"
+
+
+def test_sweep_jobs_under_ddp_share_the_teacher_checkpoint_and_the_baseline_cache(demo_root, tmp_path):
+    """What a sweep's variant jobs do on two processes (`srun` under SLURM; here Lightning's gloo
+    DDP): load the shared teacher, trained once per seed, and train the baseline once per
+    student setup, later variants copying it from `cache/baselines`. Neither run may train the
+    teacher again, the second must copy (rank 0 copies, both ranks take its answer) and not
+    train the baseline, and the cache must hold one finished entry and no rank's temp files."""
+    from mmdistill.preflight import load_config
+    from mmdistill.run.experiment import run_experiment
+
+    # the shared teacher, as a sweep's teacher job trains it: one process, teacher stage only
+    raw = tiny_config(demo_root, tmp_path / "shared")
+    raw["logging"]["plots"] = False
+    shared = run_experiment(load_config(write_config(tmp_path / "teacher.yaml", raw), ["training.accelerator=cpu"]),
+                            teacher_only=True)
+    checkpoint = tmp_path / "shared" / "tiny" / "checkpoints" / "teacher_best.safetensors"
+    assert checkpoint.is_file()
+
+    out = tmp_path / "runs"
+    done, results, dirs = {}, {}, {}
+    for name, preset in (("kd", "kd"), ("kl_bce", "kl_bce")):  # two variants of one seed, one after the other
+        raw = tiny_config(demo_root, out)
+        raw.update(experiment_name=name, objective={"preset": preset})
+        raw["teacher"]["checkpoint"] = str(checkpoint)
+        raw["logging"]["plots"] = False
+        done[name] = _run(write_config(tmp_path / f"{name}.yaml", raw), *DDP)
+        assert done[name].returncode == 0, (name, done[name].stderr[-3000:])
+        assert "GLOBAL_RANK: 1" in done[name].stderr and done[name].stdout.count("results: ") == 1, name
+        dirs[name] = out / name
+        results[name] = json.loads((dirs[name] / "results.json").read_text())
+    first, second = results["kd"], results["kl_bce"]
+
+    for name, run_dir in dirs.items():
+        rows = metric_rows(run_dir)
+        assert not [r for r in rows if r["stage"] == "teacher"], name  # loaded, not trained again
+        for stage in ("student", "baseline"):
+            assert [int(r["epoch"]) for r in rows if r["stage"] == stage] == [1, 2], (name, stage)
+        assert results[name]["teacher_checkpoint"] == str(checkpoint)
+        assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+            "baseline_best.safetensors", "student_best.safetensors"], name
+
+    # the teacher is only evaluated: the first run scores it on both ranks over the whole splits
+    # (what the one process that trained it measured), the second reads the first's scores
+    for split in ("dev", "test"):
+        assert second["teacher"][split] == first["teacher"][split]
+        assert first["teacher"][split]["score"] == pytest.approx(shared["teacher"][split]["score"], abs=1e-6)
+        for task, metrics in first["teacher"][split]["tasks"].items():
+            assert metrics["n"] == TINY_SIZES[split] == shared["teacher"][split]["tasks"][task]["n"]
+    assert "reused_from" not in first["teacher"] and second["teacher"]["reused_from"].startswith(
+        str(out / "cache" / "teacher_scores"))
+
+    # the baseline: trained by the first run, copied by the second, exactly
+    entries = list((out / "cache" / "baselines").iterdir())
+    assert len(entries) == 1 and (entries[0] / "result.json").is_file(), entries
+    assert "reused_from" not in first["baseline"] and second["baseline"]["reused_from"] == str(entries[0])
+    for key in ("dev", "test", "best_epoch"):
+        assert second["baseline"][key] == first["baseline"][key], key
+    assert metric_rows(dirs["kl_bce"], "baseline") == metric_rows(dirs["kd"], "baseline")
+    assert (dirs["kl_bce"] / "checkpoints" / "baseline_best.safetensors").read_bytes() == \
+           (dirs["kd"] / "checkpoints" / "baseline_best.safetensors").read_bytes()
+
+    assert not [p for p in out.rglob(".*") if ".tmp" in p.name], "a rank left a temp file or directory"
