@@ -223,7 +223,8 @@ def test_compressed_students_are_aggregated_over_seeds(tmp_path, demo_root):
     make_report(root, log=lambda line: None)
     md = (root / "report.md").read_text()
     table = md.split("## Compressed students")[1].split("\n## ")[0]
-    assert "| preset-kd | onnx_int8_qdq | 3 | 0.7920 ± 0.0010 |" in table and "| 1.30 | 0.720 ± 0.020 |" in table
+    assert "| preset-kd | onnx_int8_qdq | 3 | 0.7920 ± 0.0010 |" in table and "| 0.720 ± 0.020 |" in table
+    assert "| 1.30 ± 0.00 | [1.3000, 1.3000] |" in table  # the file size with its spread and CI, in MB
 
 
 def test_holm_adjustment_matches_hand_computed_values():

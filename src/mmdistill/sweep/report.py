@@ -341,20 +341,28 @@ def _holm_cell(test: dict[str, Any]) -> Cell:
 def _compressed_table(variants, stats) -> list[Block]:
     """What the edge student costs: per variant and compressed model, test score, file size,
     latency and speed-up at batch 1, each the mean with its 95% CI over seeds."""
-    table = Table(["variant", "model", "n", "test score", "score 95% CI", "file (MB)", "latency b=1 (ms)",
-                   "latency 95% CI", "speed-up b=1"])
+    table = Table(["variant", "model", "n", "test score", "score 95% CI", "file (MB)", "file 95% CI (MB)",
+                   "latency b=1 (ms)", "latency 95% CI", "speed-up b=1"])
     for v in variants:
         models = list(dict.fromkeys(k.split(".")[1] for k in stats[v] if k.startswith("compressed.")))
         for model in models:
             get = lambda key: stats[v].get(f"compressed.{model}.{key}")
             score, size, latency, speedup = get("score"), get("file_bytes"), get("latency_ms_batch1"), get("speedup_batch1")
             table.rows.append([Cell(v), Cell(model), Cell(str((score or {}).get("n", 0))), Cell(fmt_stat(score)),
-                               Cell(fmt_ci(score)), Cell("–" if not size else f"{size['mean'] / 1e6:.2f}"),
+                               Cell(fmt_ci(score)), Cell(fmt_stat(_scaled(size, 1e-6), 2)), Cell(fmt_ci(_scaled(size, 1e-6))),
                                Cell(fmt_stat(latency, 3)), Cell(fmt_ci(latency)),
                                Cell("–" if not speedup else f"{speedup['mean']:.2f}x")])
     if not table.rows:
         return []
     return [("h2", "Compressed students (test score, size and CPU latency; mean over seeds)"), ("table", table)]
+
+
+def _scaled(stat: Optional[dict[str, Any]], factor: float) -> Optional[dict[str, Any]]:
+    """A statistic in other units (bytes -> MB): mean, std and CI scale alike."""
+    if not stat or stat.get("mean") is None:
+        return stat
+    return {**stat, "mean": stat["mean"] * factor, "std": None if stat.get("std") is None else stat["std"] * factor,
+            "ci95": None if not stat.get("ci95") else [v * factor for v in stat["ci95"]]}
 
 
 def _sweep_figures(agg, variants, stats, tsne: bool) -> list[Block]:
