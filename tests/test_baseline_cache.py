@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import threading
 
 from conftest import tiny_config
+from mmdistill.cache import baselines as baseline_cache
 from mmdistill.config.schema import ExperimentConfig
 from mmdistill.train import fit as stage_module
 from mmdistill.run.experiment import run_experiment
@@ -75,3 +78,37 @@ def test_a_damaged_entry_is_trained_again_and_replaced(demo_root, tmp_path, monk
     again, _ = _run(demo_root, tmp_path, "b")
     assert trained == ["teacher", "student", "baseline"] and "reused_from" not in again["baseline"]
     assert json.loads((entry / "result.json").read_text())["test"]["score"] == again["baseline"]["test"]["score"]
+
+
+def test_a_run_waits_for_the_run_training_its_baseline_and_copies_it(demo_root, tmp_path, monkeypatch):
+    """Two runs of one seed at once (parallel sweep workers, a SLURM array): the second finds no
+    entry while the first trains it, waits on the entry's lock, then copies instead of training."""
+    first, _ = _run(demo_root, tmp_path, "a")
+    entry = next((tmp_path / "cache" / "baselines").iterdir())
+    aside = tmp_path / "aside"
+    shutil.move(entry, aside)  # "not stored yet"
+    held = baseline_cache.acquire(entry, shared=False)  # "another run is training it"
+    assert held is not None
+    waiting = threading.Event()
+    real_acquire = baseline_cache.acquire
+
+    def acquire(path, shared, blocking=True):
+        if blocking:
+            waiting.set()
+        return real_acquire(path, shared, blocking)
+
+    def finish_training():  # the other run stores its baseline, then lets go of the lock
+        if waiting.wait(120):
+            shutil.move(aside, entry)
+        held.release()
+
+    monkeypatch.setattr(baseline_cache, "acquire", acquire)
+    other = threading.Thread(target=finish_training)
+    other.start()
+    trained = _trained_stages(monkeypatch)
+    second, _ = _run(demo_root, tmp_path, "b", preset="kl_bce")
+    other.join()
+    assert waiting.is_set()
+    assert trained == ["teacher", "student"]
+    assert second["baseline"]["reused_from"] == str(entry)
+    assert second["baseline"]["test"] == first["baseline"]["test"]

@@ -17,6 +17,8 @@ from conftest import tiny_config, write_config
 from mmdistill.cli import main
 from mmdistill.config.schema import ExperimentConfig
 from mmdistill.config.hashing import config_hash
+from mmdistill.sweep.executors import seeds_apart
+from mmdistill.sweep.jobs import Job
 from mmdistill.sweep.plan import make_plan
 from mmdistill.sweep.runner import run_sweep
 
@@ -246,6 +248,16 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(demo_root, tmp_path, monk
         f"[1/1] default seed 2: running -> {root / 'default' / 'seed_2'}"]
     assert not any("training teacher" in line for line in log)
     assert _results(root / "default" / "seed_2")["seed"] == 2
+
+
+def test_parallel_workers_start_runs_of_different_seeds_together():
+    """A pool runs neighbours at once; two runs of one seed would reach their shared baseline together."""
+    jobs = [Job("run", f"v{v} seed {s}", f"d/v{v}/{s}", {}, "h", variant=f"v{v}", seed=s)
+            for s in (1, 2, 3) for v in (1, 2)]
+    order = seeds_apart(jobs)
+    assert [j.label for j in order] == ["v1 seed 1", "v1 seed 2", "v1 seed 3", "v2 seed 1", "v2 seed 2", "v2 seed 3"]
+    assert all(a.seed != b.seed for a, b in zip(order, order[1:]))
+    assert seeds_apart(order[:1]) == order[:1] and seeds_apart([]) == []
 
 
 def test_parallel_workers(demo_root, tmp_path):

@@ -10,7 +10,10 @@ into its own run directory instead of training (`run/stages/baseline.py`).
 `cache.baseline: false` trains it every run.
 
 The key is `keys.baseline_key`. An entry is written to a temporary directory and renamed into
-place whole, so a crash leaves nothing that could be read as finished.
+place whole, so a crash leaves nothing that could be read as finished. Runs of one seed that
+execute at the same time (a sweep's parallel workers, a SLURM array) would otherwise each find
+no entry and each train the same baseline: the run that trains it holds the entry's exclusive
+lock (`training_lock`) meanwhile, and the others wait for it and copy what it stored.
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ import logging
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from mmdistill.cache import kind_dir
 from mmdistill.cache.keys import baseline_key
-from mmdistill.cache.store import mark_used
-from mmdistill.distributed import barrier, broadcast, is_writer
+from mmdistill.cache.store import acquire, mark_used, release
+from mmdistill.distributed import barrier, broadcast, is_writer, world_size
 from mmdistill.io import atomic_path
 
 if TYPE_CHECKING:
@@ -44,6 +48,27 @@ def baseline_entry(config: "ExperimentConfig", data: "DataBundle") -> tuple[Path
     the data signature, a stat of every image)."""
     key = baseline_key(config, data)
     return kind_dir(config, "baselines") / key, key
+
+
+@contextmanager
+def training_lock(entry: Path) -> Iterator[None]:
+    """Held while this run looks for the baseline again and trains it if still missing: a run
+    that finds another one training the same baseline waits (saying so) rather than training
+    it twice. Under DDP only rank 0 locks, and it does not wait: the other ranks would sit in
+    `copy_baseline`'s broadcast for as long as the other run trains, past the process group's
+    timeout for a long baseline, so a DDP run trains its own copy as before."""
+    lock = None
+    if is_writer():
+        try:
+            lock = acquire(entry, shared=False, blocking=False)
+        except BlockingIOError:
+            if world_size() == 1:
+                log.info("another run is training this baseline (%s); waiting to copy it", entry)
+                lock = acquire(entry, shared=False)
+    try:
+        yield
+    finally:
+        release(lock)
 
 
 def _read(entry: Path, key: str) -> dict | None:

@@ -57,6 +57,19 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def seeds_apart(jobs: list[Job]) -> list[Job]:
+    """The jobs in an order where neighbours have different seeds: the first job of each seed,
+    then the second of each, and so on. A pool runs neighbours at the same time, and runs of one
+    seed share one baseline (`cache/baselines.py`): in the plan's seed-by-seed order two workers
+    would reach the same baseline together and one would wait for the other to train it."""
+    rank: dict[Any, int] = {}
+    ordered = []
+    for index, job in enumerate(jobs):
+        ordered.append((rank.get(job.seed, 0), index, job))
+        rank[job.seed] = rank.get(job.seed, 0) + 1
+    return [job for _, _, job in sorted(ordered, key=lambda item: item[:2])]
+
+
 @EXECUTORS.register("local")
 class LocalExecutor:
     def __init__(self, spec: SweepExecutorSpec, sweep_dir: Path):
@@ -83,8 +96,8 @@ class LocalExecutor:
         threads = max(1, (os.cpu_count() or 1) // workers)
         context = multiprocessing.get_context("spawn")  # fork after torch threads started can hang
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
-            futures = {pool.submit(execute_job, job): job for job in jobs}
-            for job in jobs:
+            futures = {pool.submit(execute_job, job): job for job in seeds_apart(jobs)}
+            for job in futures.values():
                 on_start(job)
             for future in as_completed(futures):
                 job = futures[future]

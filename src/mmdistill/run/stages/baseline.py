@@ -13,7 +13,7 @@ import time
 
 import lightning as L
 
-from mmdistill.cache.baselines import baseline_entry, copy_baseline, store_baseline
+from mmdistill.cache.baselines import baseline_entry, copy_baseline, store_baseline, training_lock
 from mmdistill.models.build import build_model
 from mmdistill.run.context import RunContext
 from mmdistill.run.stages import Stage
@@ -33,10 +33,13 @@ class BaselineStage(Stage):
         entry, key = baseline_entry(run.config, run.data)
         result = self._copied(run, entry, key, start)
         if result is None:
-            result = self._train(run)
-            rows = [r for r in run.log.rows if r["stage"] == self.name]
-            store_baseline(entry, key, {"dev": result.dev, "test": result.test, "best_epoch": result.best_epoch,
-                                        "seconds": result.seconds}, rows, run.dir.checkpoint(self.name))
+            with training_lock(entry):  # a run of the same seed training it now: wait, then copy
+                result = self._copied(run, entry, key, start)
+                if result is None:
+                    result = self._train(run)
+                    rows = [r for r in run.log.rows if r["stage"] == self.name]
+                    store_baseline(entry, key, {"dev": result.dev, "test": result.test, "best_epoch": result.best_epoch,
+                                                "seconds": result.seconds}, rows, run.dir.checkpoint(self.name))
         run.stages[self.name] = result
 
     def _copied(self, run: RunContext, entry, key: str, start: float) -> StageResult | None:
