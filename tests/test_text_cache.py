@@ -231,7 +231,7 @@ def test_texts_whose_hashes_collide_are_left_to_the_live_encoder(tmp_path, monke
         return digests
 
     monkeypatch.setattr(text_cache, "text_digests", colliding)
-    vectors = text_cache.TextVectors(store, "k", texts)
+    vectors = text_cache.TextVectors(store, "k", text_cache.text_digests(texts))
     assert len(vectors) == 2  # "b" and "c" are out of the index
     found, got = vectors.read(["d", "c", "a", "b", "e", "d"])
     assert found.tolist() == [True, False, True, False, False, True]  # "e": its check does not match "a"'s

@@ -121,15 +121,14 @@ def stats_key(train: "RecordTable", name: str, spec: Any) -> str:
     return h.hexdigest()[:24]
 
 
-def text_key(encoder: nn.Module, spec: dict, texts: list[str]) -> str:
+def text_key(encoder: nn.Module, spec: dict, digests: np.ndarray) -> str:
     """A frozen text encoder's vectors: its spec (`model`, `pooling`, `max_length`), its weights
-    (`encoder.model`, so a fine-tuned or reloaded model is a new key) and every text, in order."""
+    (`encoder.model`, so a fine-tuned or reloaded model is a new key) and every text, in order,
+    by its 128-bit digest (`cache/text.text_digests`, already computed to index the store)."""
     h = hashlib.sha256()
-    h.update(json.dumps({"format": 1, "spec": spec, "texts": len(texts)}, sort_keys=True, default=str).encode())
+    h.update(json.dumps({"format": 2, "spec": spec, "texts": len(digests)}, sort_keys=True, default=str).encode())
     h.update(weights_digest(encoder.model).encode())
-    for text in texts:
-        h.update(text.encode())
-        h.update(b"\0")
+    h.update(np.ascontiguousarray(digests, dtype="<u8").tobytes())
     return h.hexdigest()[:24]
 
 

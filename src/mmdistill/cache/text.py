@@ -73,27 +73,30 @@ def text_digests(texts: Sequence[str] | StringColumn | TakenStrings) -> np.ndarr
     return np.frombuffer(raw, dtype="<u8").reshape(len(texts), 2).astype(np.uint64)
 
 
-def distinct_texts(columns: Sequence[StringColumn]) -> TakenStrings:
+def distinct_texts(columns: Sequence[StringColumn]) -> tuple[TakenStrings, np.ndarray]:
     """The distinct texts of `columns` (every split's text column), ordered by digest, as
     (column, row) pairs into the data's own packed columns: a million texts are never a million
     Python strings at once, as a sorted set of them would be (about 100 bytes a text for the
-    whole run), nor a second copy of the text column."""
+    whole run), nor a second copy of the text column. With them, their digests (`text_digests`,
+    in the same order): the store's key and index are made from these, so opening a store hashes
+    each text once, not once per use."""
     digests = np.concatenate([text_digests(c) for c in columns]) if columns else np.zeros((0, 2), np.uint64)
     pairs = np.ascontiguousarray(digests).view([("key", "<u8"), ("check", "<u8")]).ravel()
     _, first = np.unique(pairs, return_index=True)
     starts = np.cumsum([0] + [len(c) for c in columns])
     owner = np.searchsorted(starts, first, side="right") - 1
-    return TakenStrings(columns, owner.astype(np.int32), (first - starts[owner]).astype(np.int64))
+    texts = TakenStrings(columns, owner.astype(np.int32), (first - starts[owner]).astype(np.int64))
+    return texts, np.ascontiguousarray(digests[first])
 
 
 class TextVectors:
     """The vectors of the store's texts, found by digest and read from disk a batch at a time;
     `read(texts)` is what `TextEncoder.forward` calls (see the module docstring)."""
 
-    def __init__(self, store: ArrayStore, key: str, texts: Sequence[str] | StringColumn | TakenStrings):
+    def __init__(self, store: ArrayStore, key: str, digests: np.ndarray):
+        """`digests`: the stored texts' `text_digests`, row i being the store's row i."""
         self.store: ArrayStore | None = store
         self.key = key
-        digests = text_digests(texts)
         order = np.argsort(digests[:, 0], kind="stable")
         keys, checks = digests[order, 0], digests[order, 1]
         clash = np.zeros(len(keys), dtype=bool)
@@ -153,24 +156,26 @@ class TextVectorSource:
     """What `attach_text_caches` gives a frozen encoder as its `vector_source`: called with the
     encoder on its first forward (and again after its weights change), it opens or builds the
     store for the encoder's current weights and returns its `TextVectors`, or None when the cache
-    cannot be written. `texts` is the run's distinct texts (`distinct_texts`: packed, in digest
-    order), kept to compute the key and build the store."""
+    cannot be written. `texts` and `digests` are the run's distinct texts and their digests
+    (`distinct_texts`), kept to compute the key, build the store and index it."""
 
-    def __init__(self, config: "ExperimentConfig", spec: dict, texts: Sequence[str] | StringColumn | TakenStrings):
+    def __init__(self, config: "ExperimentConfig", spec: dict, texts: Sequence[str] | StringColumn | TakenStrings,
+                 digests: np.ndarray):
         self.path = kind_dir(config, "text")
         self.progress = config.logging.progress_bar
         self.spec = spec
         self.texts = texts
+        self.digests = digests
 
     def __call__(self, encoder: Any) -> TextVectors | None:
-        key = text_key(encoder, self.spec, self.texts)
+        key = text_key(encoder, self.spec, self.digests)
         path = self.path / key
         shape = (len(self.texts), encoder.out_dim)
         store, _ = open_or_build(path, key, lambda: _build(path, key, encoder, self.texts, self.progress),
                                  "text vector", valid=lambda s: "vectors" in s.arrays and s.shape("vectors") == shape)
         if store is None:  # not writable: the encoder computes (and memoizes) them itself
             return None
-        return TextVectors(store, key, self.texts)
+        return TextVectors(store, key, self.digests)
 
 
 @torch.no_grad()
@@ -197,7 +202,7 @@ def attach_text_caches(model: Any, config: "ExperimentConfig", data: "DataBundle
     for name in model.modalities:
         encoder = model.encoders[name]
         if hasattr(encoder, "vector_source") and not encoder.trainable:
-            texts = distinct_texts([ds.records.column(name) for ds in data.datasets.values()])
+            texts, digests = distinct_texts([ds.records.column(name) for ds in data.datasets.values()])
             spec = getattr(config, role).encoders[name].model_dump(mode="json", exclude={"trainable"})
-            encoder.vector_source = TextVectorSource(config, spec, texts)
+            encoder.vector_source = TextVectorSource(config, spec, texts, digests)
     return model

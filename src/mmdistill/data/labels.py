@@ -84,6 +84,18 @@ def discover_tasks(tasks: dict[str, TaskSpec], train: RecordTable) -> list[TaskI
     return infos
 
 
+def encode_label(task: TaskInfo, value: Any, origin: str) -> int:
+    """One label's class index as `encode_labels` gives it, for labels that arrive one at a time
+    (rows handed to `predict`); a label the task does not know is a UserError naming `origin`."""
+    if task.type == "binary":
+        return _binary(value, origin, task.name)
+    label = _label_text(value)
+    if label not in task.classes:
+        raise UserError(f"{origin}: task {task.name!r}: label {label!r} is not one of the model's classes "
+                        f"({', '.join(task.classes)})")
+    return task.classes.index(label)
+
+
 def encode_labels(records: RecordTable, tasks: list[TaskInfo], split: str) -> dict[str, np.ndarray]:
     """Per task, every record's class index (int64), checked once per distinct label."""
     encoded: dict[str, np.ndarray] = {}

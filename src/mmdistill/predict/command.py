@@ -118,17 +118,17 @@ def label_metrics(card: ModelCard, items: list[Item], logits: np.ndarray,
     """Metrics of the predicted rows whose labels the model knows (as `mmdistill run` computes
     them), and how many labelled rows had to be left out (an unknown label)."""
     from mmdistill.compress.tensor_model import split_logits
-    from mmdistill.data.labels import TaskInfo, _binary, _label_text
+    from mmdistill.data.labels import TaskInfo, encode_label
     from mmdistill.eval.metrics import evaluate
 
-    keep, labels, skipped = [], {t.name: [] for t in card.tasks}, 0
+    tasks = [TaskInfo(t.name, t.type, tuple(t.classes)) for t in card.tasks]
+    keep, labels, skipped = [], {t.name: [] for t in tasks}, 0
     for n, item in enumerate(items):
         if errors[n] is not None:
             continue
         try:
-            encoded = {t.name: (_binary(item.labels[t.name], item.id, t.name) if t.type == "binary"
-                                else t.classes.index(_label_text(item.labels[t.name]))) for t in card.tasks}
-        except (KeyError, ValueError, UserError):
+            encoded = {t.name: encode_label(t, item.labels[t.name], item.id) for t in tasks}
+        except (KeyError, UserError):
             skipped += 1
             continue
         keep.append(n)
@@ -136,7 +136,6 @@ def label_metrics(card: ModelCard, items: list[Item], logits: np.ndarray,
             labels[task].append(value)
     if not keep:
         return None, skipped
-    tasks = [TaskInfo(t.name, t.type, tuple(t.classes)) for t in card.tasks]
     per_task = split_logits(tasks, torch.from_numpy(logits[keep]))
     targets = {t.name: torch.tensor(labels[t.name], dtype=torch.float32 if t.type == "binary" else torch.long)
                for t in card.tasks}

@@ -139,10 +139,11 @@ def _inline(text: str) -> str:
 
 def write_report(target: Path, blocks: list[Block], title: str) -> dict[str, Path]:
     files = target / FILES_DIR
-    for kind, item in blocks:
-        if kind == "figure":
-            files.mkdir(exist_ok=True)
-            write_bytes_atomic(files / f"{item.name}.png", item.png)
+    figures = [item for kind, item in blocks if kind == "figure"]
+    if figures:
+        files.mkdir(exist_ok=True)
+    for item in figures:
+        write_bytes_atomic(files / f"{item.name}.png", item.png)
     paths = {"md": target / "report.md", "html": target / "report.html"}
     write_text_atomic(paths["md"], render_markdown(blocks))
     write_text_atomic(paths["html"], render_html(blocks, title))
