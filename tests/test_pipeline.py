@@ -103,3 +103,19 @@ def test_finished_run_is_not_overwritten_without_flag(finished_run, capsys):
     assert main(["run", str(config_path), "--set", "training.student.epochs=3"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (run_dir / "results.json").read_bytes() == before
+
+
+def test_a_students_checkpoint_teaches_the_next_student_as_a_teacher_assistant(finished_run, tmp_path):
+    """The teacher-assistant chain (teacher -> TA -> student) is two runs: the second declares the
+    first's student as its teacher and loads its checkpoint; the TA is scored as it was."""
+    import yaml
+
+    run_dir, config_path = finished_run
+    first = json.loads((run_dir / "results.json").read_text())
+    raw = yaml.safe_load(config_path.read_text())
+    raw["teacher"] = {**raw["student"], "checkpoint": str(run_dir / "checkpoints" / "student_best.safetensors")}
+    raw["output_dir"] = str(tmp_path)
+    raw["training"]["baseline"] = False
+    results = run_experiment(load_config(write_config(tmp_path / "ta.yaml", raw)))
+    assert results["teacher"]["test"]["score"] == pytest.approx(first["student"]["test"]["score"])
+    assert results["params"]["teacher"] == first["params"]["student"]
