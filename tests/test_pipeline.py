@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import tiny_config, write_config
 from mmdistill.cli import main
@@ -108,8 +109,6 @@ def test_finished_run_is_not_overwritten_without_flag(finished_run, capsys):
 def test_a_students_checkpoint_teaches_the_next_student_as_a_teacher_assistant(finished_run, tmp_path):
     """The teacher-assistant chain (teacher -> TA -> student) is two runs: the second declares the
     first's student as its teacher and loads its checkpoint; the TA is scored as it was."""
-    import yaml
-
     run_dir, config_path = finished_run
     first = json.loads((run_dir / "results.json").read_text())
     raw = yaml.safe_load(config_path.read_text())
