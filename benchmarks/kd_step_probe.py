@@ -51,8 +51,7 @@ alone = build_objective("task_only", None, data.tasks, student, None)
 kd = build_objective(args.preset, None, data.tasks, student, teacher)
 src = teacher_source(cfg, teacher, kd, data)
 opt = torch.optim.AdamW(student.parameters(), 1e-3)
-modalities = None if args.recipe else {"image"}
-batches = list(data.loader("train", 32, shuffle=True, seed=0, modalities=modalities))[:6]
+batches = list(data.loader("train", 32, shuffle=True, seed=0, modalities=set(student.modalities)))[:6]
 def step(b, obj, source):
     out = student(b["inputs"]); t = source(b) if source else None
     loss, _ = obj(out, t, LossBatch(b["labels"], b["index"], 0.0)); opt.zero_grad(); loss.backward(); opt.step()
