@@ -60,7 +60,9 @@ def test_new_times_same_bytes_keep_every_key_and_unchanged_files_are_not_read(de
     changed = root / "images" / "dev_0001.png"
     data = bytearray(changed.read_bytes())
     data[-1] ^= 0xFF  # same size, one byte different
+    mtime = changed.stat().st_mtime_ns
     changed.write_bytes(bytes(data))
+    os.utime(changed, ns=(mtime + 5 * 10**9, mtime + 5 * 10**9))  # a new time even on a coarse filesystem
     second = keys()
     assert reads == [str(changed)]
     assert second[0] != first[0]
@@ -101,3 +103,25 @@ def test_processes_saving_at_once_keep_each_others_entries(demo_root, tmp_path, 
     again = FileDigests(memo, "root")(paths, sizes, mtimes)
     assert reads == [] and list(again) == list(first) + list(second)
     assert len(set(again.tolist())) == 4  # different files, different digests
+
+
+def test_a_file_that_cannot_be_read_is_named(tmp_path):
+    from mmdistill.data.file_content import hash_files
+    from mmdistill.errors import UserError
+
+    present = tmp_path / "a.png"
+    present.write_bytes(b"abc")
+    with pytest.raises(UserError, match=r"gone\.png: cannot read this file"):
+        hash_files([str(present), str(tmp_path / "gone.png")])
+    assert list(hash_files([str(present), str(present)])) == [hash_files([str(present)])[0]] * 2
+
+
+def test_a_malformed_memo_entry_is_hashed_again(tmp_path, reads):
+    path = tmp_path / "a.png"
+    path.write_bytes(b"abc")
+    st = os.stat(path)
+    memo = tmp_path / "files" / "m.json"
+    memo.parent.mkdir()
+    memo.write_text(json.dumps({"key": "k", "files": {str(path): ["x", st.st_mtime_ns]}}))
+    FileDigests(memo, "k")([str(path)], [st.st_size], [st.st_mtime_ns])
+    assert reads == [str(path)]

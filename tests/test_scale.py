@@ -72,7 +72,7 @@ def _rewrite(root: Path, split: str, change) -> None:
         writer.writerows(rows)
 
 
-def test_an_edited_label_or_a_touched_image_is_still_seen(demo_root, tmp_path):
+def test_an_edited_label_or_a_rewritten_image_is_still_seen(demo_root, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(demo_root, root)
     config = _config(root, tmp_path / "runs", "x")

@@ -66,7 +66,8 @@ class FileDigests:
             data = json.loads(self.path.read_text())
             if data.get("key") == self.key and isinstance(data.get("files"), dict):
                 mark_used(self.path)  # what `mmdistill cache --older-than` goes by
-                return data["files"]
+                return {path: entry for path, entry in data["files"].items()  # a malformed entry is stale
+                        if isinstance(entry, list) and len(entry) == 3 and all(type(v) is int for v in entry)}
         except (OSError, ValueError, AttributeError):
             pass
         return {}
@@ -88,6 +89,11 @@ class FileDigests:
                 out[i] = digest
                 self.known[paths[i]] = self.new[paths[i]] = [int(sizes[i]), int(mtimes[i]), digest]
         return out
+
+    def done_reading(self) -> None:
+        """Drop the lookup table once the tables are built: at a million files it is hundreds of
+        megabytes a run would otherwise hold (and fork into its loader workers) for nothing."""
+        self.known = {}
 
     def save(self) -> None:
         """Record the files hashed since the last save, merged with what other processes (sweep

@@ -47,7 +47,7 @@ def file_signature(path: Any, digests: "FileDigests") -> list[Any]:
         st = os.stat(path)
     except (OSError, TypeError):
         return [str(path), None, None]
-    content = digests([str(path)], np.array([st.st_size]), np.array([st.st_mtime_ns]))
+    content = digests([str(path)], np.array([st.st_size], dtype=np.int64), np.array([st.st_mtime_ns], dtype=np.int64))
     return [str(path), st.st_size, int(content[0])]
 
 
@@ -91,7 +91,8 @@ def data_signature(config: "ExperimentConfig", data: "DataBundle") -> str:
         from mmdistill.cache.file_digests import FileDigestsMemo
         from mmdistill.data.embeddings import SPLIT_DIRS, split_dir
 
-        digests = FileDigestsMemo(config)(str(Path(config.data.root).absolute()))
+        # a memo of their own: three files, not the images' whole memo parsed on every call
+        digests = FileDigestsMemo(config)(f"{Path(config.data.root).absolute()} embeddings")
         for split in SPLIT_DIRS:
             hash_value(h, file_signature(split_dir(config.data, split) / config.data.embeddings_file, digests))
         digests.save()

@@ -116,5 +116,7 @@ def records_from_rows(config: ExperimentConfig, raw: RawSplits, file_digests: An
         if not len(table):
             raise UserError(f"{raw.files.get(split, split)}: the {split} split is empty")
         out.splits[split] = table.build(content)
+    if content is not None:
+        content.done_reading()
     out.file_digests = content
     return out
