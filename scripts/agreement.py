@@ -21,9 +21,8 @@ import numpy as np
 import torch
 import yaml
 
-from mmdistill.cache.images import attach_caches
+from mmdistill.cache.images import load_run_data
 from mmdistill.config.schema import ExperimentConfig
-from mmdistill.data.dataset import load_data
 from mmdistill.models.build import build_model
 from mmdistill.models.checkpoints import load_weights
 
@@ -47,7 +46,7 @@ def main() -> None:
     if not runs:
         sys.exit(f"{args.sweep_dir}: no finished runs (<variant>/seed_<n>/results.json)")
     config = ExperimentConfig.model_validate(yaml.safe_load((runs[0] / "config.yaml").read_text()))
-    data = attach_caches(load_data(config), config)
+    data = load_run_data(config)
     labels = {t.name: np.asarray(data.datasets["test"].labels[t.name]).astype(np.int64) for t in data.tasks}
     teacher = build_model(config, "teacher", data)
     load_weights(teacher, Path(config.teacher.checkpoint or runs[0] / "checkpoints" / "teacher_best.safetensors"),

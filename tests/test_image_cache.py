@@ -116,7 +116,7 @@ def test_building_the_cache_does_not_move_the_global_rng(root, tmp_path):
     assert torch.equal(torch.rand(3), draws)
 
 
-def test_touched_image_is_a_new_key_and_a_rebuild(root, tmp_path, decodes):
+def test_rewritten_image_is_a_new_key_and_a_rebuild(root, tmp_path, decodes):
     config = _config(root, tmp_path)
     attach_image_caches(load_data(config), config)
     first = _stores(config)

@@ -1,5 +1,6 @@
 """The data signature a sweep resumes by: equal for the same data, new for any change a run
-would see (an image file rewritten, a text edited) and only for those."""
+would see (an image file rewritten, a text edited) and only for those: a file touched or copied
+with new times but the same bytes is the same data."""
 
 from __future__ import annotations
 
@@ -27,7 +28,13 @@ def test_signature_follows_the_files_a_run_reads(demo_root, tmp_path):
 
     image = root / "images" / "test_0002.png"
     st = image.stat()
-    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # rewritten in place
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: same bytes, new time
+    assert _signature(root, tmp_path) == first
+
+    data = bytearray(image.read_bytes())
+    data[-1] ^= 0xFF  # rewritten in place: same size, one byte different
+    image.write_bytes(bytes(data))
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 2 * 10**9))
     second = _signature(root, tmp_path)
     assert second != first
 

@@ -72,7 +72,7 @@ def _rewrite(root: Path, split: str, change) -> None:
         writer.writerows(rows)
 
 
-def test_an_edited_label_or_a_touched_image_is_still_seen(demo_root, tmp_path):
+def test_an_edited_label_or_a_rewritten_image_is_still_seen(demo_root, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(demo_root, root)
     config = _config(root, tmp_path / "runs", "x")
@@ -93,7 +93,10 @@ def test_an_edited_label_or_a_touched_image_is_still_seen(demo_root, tmp_path):
 
     image = root / "images" / "train_0003.png"
     st = image.stat()
-    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # rewritten in place, same size
+    data = bytearray(image.read_bytes())
+    data[-1] ^= 0xFF
+    image.write_bytes(bytes(data))  # rewritten in place, same size
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     touched = fingerprint()
     assert touched[0] not in (first[0], relabelled[0]) and touched[1] != first[1]
 

@@ -48,15 +48,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from mmdistill.cache.file_digests import FileDigestsMemo
     from mmdistill.cache.stats import ImageStatsCache
     from mmdistill.data.checks import check_images, summary
     from mmdistill.data.dataset import load_data
     from mmdistill.preflight import check_models, load_config
 
     config = load_config(args.config, args.overrides)
-    data = load_data(config, ImageStatsCache(config))
+    data = load_data(config, ImageStatsCache(config), FileDigestsMemo(config))
     checked = check_images(config, data)
     check_models(config, data)
+    data.file_digests.save()  # the data passed: a run after this reads no unchanged file to key it
     print(summary(config, data, checked))
     return 0
 

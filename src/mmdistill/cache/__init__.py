@@ -11,12 +11,12 @@ images/<split>-<modality>-<size>px-<key[:16]>/          images.py, switch `cache
     One split's images of one image modality, decoded and resized, as uint8 (uint16 when a file
     holds more than 8 bits). Key (`keys.images_key`): a format version; the modality's kind,
     columns, channels and size; the number of records and every record's image path(s) with
-    file size and mtime, in order (not the pixels: hashing them would cost a decode). Also
-    rebuilt when its array's shape is not the data's.
+    file size and content digest, in order (files/ below). Also rebuilt when its array's shape
+    is not the data's.
 stats/<key>.json                                        stats.py, always on
     The per-channel mean and std of `mean: dataset` image modalities over the train split.
     Key (`keys.stats_key`): a format version; the modality's kind, channels and size; every
-    train record's image path(s) with file size and mtime, in order.
+    train record's image path(s) with file size and content digest, in order.
 text/<key>/                                             text.py, switch `cache.text`
     A frozen text encoder's vector of every distinct text of the run. Key (`keys.text_key`):
     the encoder spec (model, pooling, max length), its weights, every text in order.
@@ -27,7 +27,7 @@ teacher/<key>/                                          teacher_outputs.py, swit
     [1, H, W] map, not the [C, H, W] feature map). Key (`keys.teacher_outputs_key`):
     `keys.teacher_digest` on train (the teacher spec without its checkpoint path, its weights,
     its modalities with the mean/std used, the image cache on or off, the tasks, every train
-    record it reads, image files by size and mtime), the number of views, the augmentation and
+    record it reads, image files by size and content), the number of views, the augmentation and
     (only with augmentation) the seed, the fields stored and their dtype, and the training
     precision when it is not 32-true (outputs under autocast differ).
 teacher_scores/<key>.json                               teacher_scores.py, switch `cache.teacher`
@@ -40,7 +40,13 @@ baselines/<key>/                                        baselines.py, switch `ca
     (`keys.baseline_key`): the config without the teacher- and KD-only keys
     (`config/hashing.baseline_hash`) and the data signature (`keys.data_signature`: every record
     of every split with its labels, and a feature-KD run's extracted embedding files by size and
-    mtime).
+    content).
+files/<key>.json                                         file_digests.py, always on
+    A 64-bit content digest of every input file (images, extracted embeddings) under one data
+    root, with the size and mtime it had when hashed; a file is read and hashed again only when
+    those differ. So the keys above follow what the files hold: the same data copied with new
+    times (re-extracted, checked out again, synced without times) keeps every entry. Key
+    (`keys.file_digests_key`): the memo format and the root's absolute path.
 
 Not here, because they are results rather than caches: a sweep's shared teachers
 (`<sweep>/_teachers/<teacher_key>/seed_<n>/`) and its rule for skipping finished runs
@@ -68,7 +74,7 @@ if TYPE_CHECKING:
     from mmdistill.config.schema import ExperimentConfig
 
 # one folder per kind of entry, in the order of the table above
-KINDS = ("images", "stats", "text", "teacher", "teacher_scores", "baselines")
+KINDS = ("images", "stats", "text", "teacher", "teacher_scores", "baselines", "files")
 
 
 def kind_dir(config: "ExperimentConfig", kind: str) -> Path:

@@ -6,8 +6,8 @@ work every epoch, every stage and every sweep variant. Rows are stored as uint8
 (round(x * 255)), which is what an 8-bit source holds anyway; a modality whose files hold more
 than 8 bits (16-bit or float PIL modes) is stored as uint16 so it loses nothing it had.
 
-The key (`keys.images_key`) hashes each record's image file by path, size and mtime, so a stale
-cache is never read. Stores are written atomically and checked on open (`store.py`), so an
+The key (`keys.images_key`) hashes each record's image file by path, size and content digest
+(`file_digests.py`), so a stale cache is never read. Stores are written atomically and checked on open (`store.py`), so an
 interrupted build or a truncated file is rebuilt, never read. Rows are read by offset, not
 mapped, so a process's RSS does not grow with the size of the cache.
 """
@@ -180,7 +180,11 @@ def attach_image_caches(data: "DataBundle", config: "ExperimentConfig", modaliti
 
 def attach_caches(data: "DataBundle", config: "ExperimentConfig", modalities: set[str] | None = None) -> "DataBundle":
     """With `cache.images` on, every image is decoded and resized once into a uint8 array that
-    all stages and epochs read instead of the files (`modalities`: only these)."""
+    all stages and epochs read instead of the files (`modalities`: only these). The image files'
+    content digests are recorded here too, the first cache write of a run whose data passed its
+    checks (`cache/file_digests.py`)."""
+    if data.file_digests is not None:
+        data.file_digests.save()
     if config.cache.images:
         attach_image_caches(data, config, modalities)
     return data
@@ -188,6 +192,7 @@ def attach_caches(data: "DataBundle", config: "ExperimentConfig", modalities: se
 
 def load_run_data(config: "ExperimentConfig") -> "DataBundle":
     """The data as a run reads it: records from the files, images from the decoded-image cache."""
+    from mmdistill.cache.file_digests import FileDigestsMemo
     from mmdistill.cache.stats import ImageStatsCache
 
-    return attach_caches(load_data(config, ImageStatsCache(config)), config)
+    return attach_caches(load_data(config, ImageStatsCache(config), FileDigestsMemo(config)), config)

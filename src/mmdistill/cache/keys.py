@@ -3,8 +3,9 @@
 This module is the answer to "when is a cache stale": an entry is read only under the key it was
 written with, so anything a key hashes is something whose change makes a new entry, and
 anything it leaves out is, deliberately, something the contents do not depend on. Records are
-hashed as read (texts, embeddings, labels); image files by path, size and mtime
-(`file_signature`), not contents, which would cost as much as decoding them. A sweep's resume
+hashed as read (texts, embeddings, labels); image files by path, size and content digest
+(`file_digests`, recomputed only for a file whose size or mtime changed), so the same bytes
+copied with new times keep every entry. A sweep's resume
 uses the same record hashing for a whole run (`data_signature`), since its config hash alone
 cannot see a corrected label file or a replaced image.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
@@ -26,23 +28,27 @@ from mmdistill.data.views import cached_views, view_settings
 if TYPE_CHECKING:
     from mmdistill.config.schema import ExperimentConfig
     from mmdistill.data.dataset import DataBundle
+    from mmdistill.cache.file_digests import FileDigests
     from mmdistill.data.records import Record, RecordTable
 
 IMAGES_FORMAT = 2  # bump when decoding (data/images.py) or the store layout changes: old entries become stale
 STATS_FORMAT = 1  # bump when data/stats.py computes the numbers differently
+FILE_DIGESTS_FORMAT = 1  # bump when file_digests.py hashes files differently: every memo is re-read
 
 
 # --------------------------------------------------------------------------- primitives
 
 
-def file_signature(path: Any) -> list[Any]:
-    """What a key records of an input file: path, size and mtime, not its contents (as costly
-    to hash as to decode). A missing file gets None and fails later, where its record is named."""
+def file_signature(path: Any, digests: "FileDigests") -> list[Any]:
+    """What a key records of an input file: path, size and content digest (`file_digests`: read
+    again only when its size or mtime changed). A missing file gets None and fails later, where
+    its record is named."""
     try:
         st = os.stat(path)
-        return [str(path), st.st_size, st.st_mtime_ns]
     except (OSError, TypeError):
         return [str(path), None, None]
+    content = digests([str(path)], np.array([st.st_size], dtype=np.int64), np.array([st.st_mtime_ns], dtype=np.int64))
+    return [str(path), st.st_size, int(content[0])]
 
 
 def hash_value(h: "hashlib._Hash", value: Any) -> None:
@@ -57,7 +63,7 @@ def hash_value(h: "hashlib._Hash", value: Any) -> None:
 
 def hash_table(h: "hashlib._Hash", table: "RecordTable", modalities: Iterable[str], labels: bool) -> None:
     """Feed `h` the columns of `modalities` of a split's records (image columns with their
-    files' sizes and mtimes) and with `labels` every task's labels: digests each table computes
+    files' sizes and content digests) and with `labels` every task's labels: digests each table computes
     once per run (`RecordTable.digest`), so the many keys of a run hash the data once."""
     for m in modalities:
         h.update(table.digest(m).encode())
@@ -82,10 +88,14 @@ def data_signature(config: "ExperimentConfig", data: "DataBundle") -> str:
         h.update(f"{split}:{len(dataset.records)}".encode())
         hash_table(h, dataset.records, sorted(dataset.records.values), labels=True)
     if config.data.source == "embeddings":
+        from mmdistill.cache.file_digests import FileDigestsMemo
         from mmdistill.data.embeddings import SPLIT_DIRS, split_dir
 
+        # a memo of their own: three files, not the images' whole memo parsed on every call
+        digests = FileDigestsMemo(config)(f"{Path(config.data.root).absolute()} embeddings")
         for split in SPLIT_DIRS:
-            hash_value(h, file_signature(split_dir(config.data, split) / config.data.embeddings_file))
+            hash_value(h, file_signature(split_dir(config.data, split) / config.data.embeddings_file, digests))
+        digests.save()
     return h.hexdigest()[:24]
 
 
@@ -99,7 +109,7 @@ def image_paths(record: "Record", name: str, spec: Any) -> list[str]:
 
 def images_key(records: "RecordTable", name: str, spec: Any) -> str:
     """Decoded images of one modality of one split: the modality's kind, columns, channels and
-    size, and every record's path(s) in order with each file's size and mtime_ns (as stat-ed
+    size, and every record's path(s) in order with each file's size and content digest (as
     when the data was read), so a changed, added, removed or reordered image is a new key."""
     h = hashlib.sha256()
     h.update(json.dumps({
@@ -113,12 +123,18 @@ def images_key(records: "RecordTable", name: str, spec: Any) -> str:
 
 def stats_key(train: "RecordTable", name: str, spec: Any) -> str:
     """`mean: dataset` statistics of one modality: its kind, channels and size, and the train
-    split's image path(s) in order with each file's size and mtime (the digest the records
-    carry), so a changed, added or touched train image is a new key."""
+    split's image path(s) in order with each file's size and content digest (the digest the
+    records carry), so a changed, added or removed train image is a new key."""
     h = hashlib.sha256(json.dumps({"format": STATS_FORMAT, "kind": spec.kind, "channels": spec.channels,
                                    "size": spec.size}, sort_keys=True, default=str).encode())
     h.update(train.digest(name).encode())
     return h.hexdigest()[:24]
+
+
+def file_digests_key(root: str) -> str:
+    """The memo of input-file content digests under one data root (`file_digests.py`): the
+    memo format and the root's absolute path. Its entries check themselves (size and mtime)."""
+    return hashlib.sha256(f"file digests {FILE_DIGESTS_FORMAT} {root}".encode()).hexdigest()[:24]
 
 
 def text_key(encoder: nn.Module, spec: dict, digests: np.ndarray) -> str:
@@ -137,7 +153,7 @@ def teacher_digest(config: "ExperimentConfig", teacher: nn.Module, data: "DataBu
     """A hash of what any teacher output on `splits` depends on: the teacher's architecture and
     weights, its modality settings (with the mean/std actually used, which `mean: dataset`
     derives from train), whether inputs come through the 8-bit image cache, the tasks, and every
-    record of those splits the teacher reads (image files by size and mtime)."""
+    record of those splits the teacher reads (image files by size and content)."""
     reads = list(config.teacher.encoders)
     h = hashlib.sha256()
     h.update(json.dumps({

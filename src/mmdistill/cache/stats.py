@@ -4,9 +4,9 @@ Seed 004's `compute_stats` decodes every train image to get its per-channel mean
 run needs them before anything else (the datasets normalise with them, the teacher-output keys
 hash them). Without a memo every run, re-run and sweep variant decoded the whole train split
 again, as much work as building the decoded-image cache. The key (`keys.stats_key`) hashes the
-modality's settings and the train column of image paths with each file's size and mtime (the
-digest the records already carry, `data/records.py`), so a changed, added or touched image is a
-new entry.
+modality's settings and the train column of image paths with each file's size and content
+digest (what the records already carry, `data/records.py`), so a changed, added or removed
+image is a new entry.
 """
 
 from __future__ import annotations

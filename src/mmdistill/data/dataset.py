@@ -152,6 +152,9 @@ class DataBundle:
     # the data's modalities with image mean/std resolved to numbers (data/stats.py): what the
     # datasets normalise with, and what a run records
     modalities: dict[str, ModalitySpec] = field(default_factory=dict)
+    # content digests of the image files, not yet recorded: a run records them with its caches,
+    # after the data and models are checked (nothing is written for data that fails a check)
+    file_digests: Any = None
 
     def loader(self, split: str, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
                balance_task: str | None = None, views: int | None = 1,
@@ -220,11 +223,13 @@ def _embedding_dims(config: ExperimentConfig, records) -> dict[str, int]:
     return dims
 
 
-def load_data(config: ExperimentConfig, stats_memo: Any = None) -> DataBundle:
+def load_data(config: ExperimentConfig, stats_memo: Any = None, file_digests: Any = None) -> DataBundle:
     """Read and check every split: files, columns, image paths, labels. Images are decoded
     later (`mmdistill validate` decodes all of them up front). `stats_memo`
-    (`cache/stats.ImageStatsCache`) spares decoding the train split for `mean: dataset`."""
-    records = records_from_rows(config, SOURCES.get(config.data.source, "data.source")(config.data))
+    (`cache/stats.ImageStatsCache`) spares decoding the train split for `mean: dataset`;
+    `file_digests` (`cache/file_digests.FileDigestsMemo`) spares reading unchanged image files to
+    hash their contents for the cache keys."""
+    records = records_from_rows(config, SOURCES.get(config.data.source, "data.source")(config.data), file_digests)
     tasks = discover_tasks(config.tasks, records.splits["train"])
     augment = Augmenter(config.data.augment, config.seed) if config.data.augment else None
     modalities = resolve_image_stats(config.data.modalities, records.splits["train"], config.used_modalities,
@@ -234,7 +239,7 @@ def load_data(config: ExperimentConfig, stats_memo: Any = None) -> DataBundle:
     datasets = {s: MultiModalDataset(records.splits[s], modalities, tasks, s, config.used_modalities,
                                      augment if s == "train" else None, dims) for s in SPLITS}
     return DataBundle(tasks=tasks, datasets=datasets, files=records.files, embedding_dims=dims,
-                      modalities=modalities)
+                      modalities=modalities, file_digests=records.file_digests)
 
 
 def class_counts(dataset: MultiModalDataset) -> dict[str, dict[str, int]]:

@@ -10,7 +10,8 @@ dicts and strings; DataLoader workers forked from the main process share the buf
 copying them (reading a Python object writes its reference count, which copies its memory page
 into every worker over an epoch); and a cache key hashes a column in one call (`digest`)
 instead of record by record. Each image path also carries the size and mtime its file had when
-the data was read (`FileStats`): the one `stat` of that file in a run, which every key reuses.
+the data was read (the one `stat` of that file in a run) and its content digest, which every key
+reuses (`FileStats`).
 `table[i]` still gives a `Record`, built on demand, to code that reads one record at a time.
 """
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from array import array
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -136,14 +137,17 @@ class CategoryColumn:
 
 @dataclass
 class FileStats:
-    """Size and mtime (ns) of each file of an image column when the data was read."""
+    """Size, mtime (ns) and content digest (`cache/file_digests`) of each file of an image
+    column when the data was read. Keys hash size and content, not the mtime: a copy of the
+    same bytes with new times is the same data; the mtime only tells whether to hash again."""
 
     size: np.ndarray
     mtime_ns: np.ndarray
+    content: np.ndarray
 
     def digest(self, h: "hashlib._Hash") -> None:
         h.update(self.size.tobytes())
-        h.update(self.mtime_ns.tobytes())
+        h.update(self.content.tobytes())
 
 
 Column = StringColumn | VectorColumn | CategoryColumn
@@ -186,7 +190,7 @@ class RecordTable(Sequence[Record]):
         return self.values[name]
 
     def digest(self, name: str) -> str:
-        """A hash of column `name` (a modality, its files' sizes and mtimes included, or
+        """A hash of column `name` (a modality, its files' sizes and contents included, or
         `label:<task>`), computed once per table."""
         found = self._digests.get(name)
         if found is None:
@@ -306,7 +310,12 @@ class TableBuilder:
     def __len__(self) -> int:
         return len(self.origins)
 
-    def build(self) -> RecordTable:
+    def build(self, content: "Callable[[Sequence[str], np.ndarray, np.ndarray], np.ndarray] | None" = None) -> RecordTable:
+        """The table; `content(paths, sizes, mtimes)` gives the content digests of one column of
+        image files (`cache.file_digests.FileDigests` with the run's memo; None reads every
+        file, remembering nothing)."""
+        if content is None:
+            from mmdistill.data.file_content import digests_without_memo as content
         values: dict[str, Any] = {}
         for name, kind in self.kinds.items():
             builders = self.values[name]
@@ -316,8 +325,14 @@ class TableBuilder:
             else:
                 columns = tuple(b.strings() for b in builders)
                 values[name] = columns if kind == "stacked_image" else columns[0]
-        stats = {name: tuple(FileStats(np.frombuffer(s, dtype=np.int64), np.frombuffer(m, dtype=np.int64))
-                             for s, m in self.stats[name]) for name in self.images}
+        stats: dict[str, tuple[FileStats, ...]] = {}
+        for name in self.images:
+            columns = values[name] if isinstance(values[name], tuple) else (values[name],)
+            parts = []
+            for column, (sizes, mtimes) in zip(columns, self.stats[name]):
+                size, mtime = np.frombuffer(sizes, dtype=np.int64), np.frombuffer(mtimes, dtype=np.int64)
+                parts.append(FileStats(size, mtime, content(column, size, mtime)))
+            stats[name] = tuple(parts)
         return RecordTable(self.origins.build(), values, {t: b.build() for t, b in self.labels.items()}, stats)
 
 
@@ -329,3 +344,6 @@ class SplitRecords:
     files: dict[str, str] = field(default_factory=dict)
     # column -> embedding size, from a source that knows it even when no record has one
     embedding_sizes: dict[str, int] = field(default_factory=dict)
+    # the image files' content digests as computed while reading (`cache.file_digests.FileDigests`),
+    # recorded in the cache only once the data has been checked (`DataBundle.file_digests`)
+    file_digests: Any = None

@@ -38,7 +38,8 @@ class RawSplits:
 def _resolve_image(value: Any, image_root: str, origin: str, column: str) -> tuple[str, int, int]:
     """The path the user's table gives (absolute as written, as seed 002's CSV lists
     /path/to/rgb_001.jpg; relative to `image_root`, default `root`, otherwise), with its file's
-    size and mtime: the one `stat` of this file in a run, which every cache key reuses."""
+    size and mtime: the one `stat` of this file in a run, which decides whether its content
+    digest must be computed again (`cache/file_digests`)."""
     if not isinstance(value, str) or not value.strip():
         raise UserError(f"{origin}: column {column!r}: empty image path")
     path = os.path.normpath(os.path.join(image_root, os.path.expanduser(value.strip())))
@@ -74,7 +75,9 @@ def _columns_of(modality: Any) -> list[str]:
     return list(modality.columns) if modality.kind == "stacked_image" else [modality.column]
 
 
-def records_from_rows(config: ExperimentConfig, raw: RawSplits) -> SplitRecords:
+def records_from_rows(config: ExperimentConfig, raw: RawSplits, file_digests: Any = None) -> SplitRecords:
+    """`file_digests(root)` gives the content digests of image files under `root` with the cache's
+    memo (`cache.file_digests.FileDigestsMemo`); None reads every image file to hash it."""
     spec = config.data
     root = Path(spec.root)
     image_root = root / spec.image_root if spec.image_root else root
@@ -89,6 +92,7 @@ def records_from_rows(config: ExperimentConfig, raw: RawSplits) -> SplitRecords:
     parts = {name: len(m.columns) for name, m in modalities.items() if m.kind == "stacked_image"}
     out = SplitRecords(splits={}, files=dict(raw.files), embedding_sizes=dict(raw.embedding_sizes))
     images = str(image_root.absolute())
+    content = file_digests(images) if file_digests is not None else None
     for split in SPLITS:
         table = TableBuilder(kinds, parts, task_columns)
         for origin, row in raw.rows[split]:
@@ -111,5 +115,8 @@ def records_from_rows(config: ExperimentConfig, raw: RawSplits) -> SplitRecords:
             table.add(origin, values, {task: row[col] for task, col in task_columns.items()}, stats)
         if not len(table):
             raise UserError(f"{raw.files.get(split, split)}: the {split} split is empty")
-        out.splits[split] = table.build()
+        out.splits[split] = table.build(content)
+    if content is not None:
+        content.done_reading()
+    out.file_digests = content
     return out

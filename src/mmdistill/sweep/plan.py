@@ -82,6 +82,7 @@ def _check_runtime(configs: list[tuple[Variant, ExperimentConfig]], source: str)
     signature ({`_data_key`: `data_signature`}), what a finished run must have read."""
     from mmdistill.data.dataset import load_data
     from mmdistill.cache.keys import data_signature
+    from mmdistill.cache.file_digests import FileDigestsMemo
     from mmdistill.cache.stats import ImageStatsCache
     from mmdistill.preflight import check_models
 
@@ -97,9 +98,11 @@ def _check_runtime(configs: list[tuple[Variant, ExperimentConfig]], source: str)
         seen.add(models_key)
         try:
             if data_key not in data_cache:
-                data_cache[data_key] = load_data(config, ImageStatsCache(config))
-                signatures[data_key] = data_signature(config, data_cache[data_key])
+                data_cache[data_key] = load_data(config, ImageStatsCache(config), FileDigestsMemo(config))
             check_models(config, data_cache[data_key])
+            if data_key not in signatures:  # checked: now the file digests may be recorded
+                signatures[data_key] = data_signature(config, data_cache[data_key])
+                data_cache[data_key].file_digests.save()  # the sweep's jobs then read no file again
         except UserError as exc:
             raise (_blame(variant, source, exc) if variant.overrides else exc) from None
     return signatures
