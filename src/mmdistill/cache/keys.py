@@ -80,9 +80,11 @@ def weights_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def data_signature(config: "ExperimentConfig", data: "DataBundle") -> str:
+def data_signature(config: "ExperimentConfig", data: "DataBundle", record: bool = False) -> str:
     """Every record of every split the run read, with labels, plus the precomputed teacher
-    embeddings of a feature-KD run: a sweep re-runs a finished run whose signature differs."""
+    embeddings of a feature-KD run: a sweep re-runs a finished run whose signature differs.
+    `record`: remember the embedding files' digests in the cache (a run, once its data and
+    models are checked; a dry run or a plan's check writes nothing)."""
     h = hashlib.sha256(b"data signature 2")
     for split, dataset in data.datasets.items():
         h.update(f"{split}:{len(dataset.records)}".encode())
@@ -95,7 +97,8 @@ def data_signature(config: "ExperimentConfig", data: "DataBundle") -> str:
         digests = FileDigestsMemo(config)(f"{Path(config.data.root).absolute()} embeddings")
         for split in SPLIT_DIRS:
             hash_value(h, file_signature(split_dir(config.data, split) / config.data.embeddings_file, digests))
-        digests.save()
+        if record:
+            digests.save()
     return h.hexdigest()[:24]
 
 

@@ -52,7 +52,7 @@ def start_run(config: ExperimentConfig, overwrite: bool, run_dir: Path | None, t
     data = load_data(config, ImageStatsCache(config), FileDigestsMemo(config))
     teacher = check_models(config, data)
     directory = RunDirectory(run_dir if run_dir is not None else config.run_dir)
-    signature = data_signature(config, data)
+    signature = data_signature(config, data, record=True)
     resumed = directory.prepare(config, overwrite, replace_changed, signature)
     trackers = RunTrackers.open(config, directory.path, resumed)
     log = (MetricsLog.resume if resumed else MetricsLog)(directory / "metrics.csv", trackers.log_row)

@@ -100,9 +100,8 @@ def _check_runtime(configs: list[tuple[Variant, ExperimentConfig]], source: str)
             if data_key not in data_cache:
                 data_cache[data_key] = load_data(config, ImageStatsCache(config), FileDigestsMemo(config))
             check_models(config, data_cache[data_key])
-            if data_key not in signatures:  # checked: now the file digests may be recorded
+            if data_key not in signatures:
                 signatures[data_key] = data_signature(config, data_cache[data_key])
-                data_cache[data_key].file_digests.save()  # the sweep's jobs then read no file again
         except UserError as exc:
             raise (_blame(variant, source, exc) if variant.overrides else exc) from None
     return signatures
