@@ -51,17 +51,16 @@ class FileDigestsMemo:
 
 
 class FileDigests:
-    """Content digests of the files one run reads, with the memo at `path` (None: hash every
-    file, remember nothing). Read once when created; `save` records what was hashed."""
+    """Content digests of the files one run reads, with the memo at `path` (a table built
+    without one: `data.file_content.digests_without_memo`). Read once when created; `save`
+    records what was hashed."""
 
-    def __init__(self, path: Path | None, key: str = "", progress: bool = False):
+    def __init__(self, path: Path, key: str, progress: bool = False):
         self.path, self.key, self.progress = path, key, progress
         self.known = self._read()
         self.new: dict[str, list[int]] = {}
 
     def _read(self) -> dict[str, list[int]]:
-        if self.path is None:
-            return {}
         try:
             data = json.loads(self.path.read_text())
             if data.get("key") == self.key and isinstance(data.get("files"), dict):
@@ -99,7 +98,7 @@ class FileDigests:
         """Record the files hashed since the last save, merged with what other processes (sweep
         workers, DDP ranks) recorded meanwhile; a memo that cannot be written only costs the
         next run a re-read."""
-        if self.path is None or not self.new or not is_writer():  # under DDP rank 0 keeps them
+        if not self.new or not is_writer():  # under DDP rank 0 keeps them
             return
         files = self._read()
         files.update(self.new)

@@ -9,9 +9,9 @@ Python object per record. At a million records that is a few arrays instead of m
 dicts and strings; DataLoader workers forked from the main process share the buffers instead of
 copying them (reading a Python object writes its reference count, which copies its memory page
 into every worker over an epoch); and a cache key hashes a column in one call (`digest`)
-instead of record by record. Each image path also carries the size and mtime its file had when
-the data was read (the one `stat` of that file in a run) and its content digest, which every key
-reuses (`FileStats`).
+instead of record by record. Each image path also carries its file's size and content digest
+(`FileStats`), which every key reuses; the one `stat` of that file in a run decides whether the
+digest must be computed again.
 `table[i]` still gives a `Record`, built on demand, to code that reads one record at a time.
 """
 
@@ -137,12 +137,11 @@ class CategoryColumn:
 
 @dataclass
 class FileStats:
-    """Size, mtime (ns) and content digest (`cache/file_digests`) of each file of an image
-    column when the data was read. Keys hash size and content, not the mtime: a copy of the
-    same bytes with new times is the same data; the mtime only tells whether to hash again."""
+    """Size and content digest (`cache/file_digests`) of each file of an image column when the
+    data was read. Not the mtime: a copy of the same bytes with new times is the same data; the
+    mtime only decides, while the table is built, whether a file must be hashed again."""
 
     size: np.ndarray
-    mtime_ns: np.ndarray
     content: np.ndarray
 
     def digest(self, h: "hashlib._Hash") -> None:
@@ -331,7 +330,7 @@ class TableBuilder:
             parts = []
             for column, (sizes, mtimes) in zip(columns, self.stats[name]):
                 size, mtime = np.frombuffer(sizes, dtype=np.int64), np.frombuffer(mtimes, dtype=np.int64)
-                parts.append(FileStats(size, mtime, content(column, size, mtime)))
+                parts.append(FileStats(size, content(column, size, mtime)))
             stats[name] = tuple(parts)
         return RecordTable(self.origins.build(), values, {t: b.build() for t, b in self.labels.items()}, stats)
 
