@@ -496,8 +496,10 @@ class TrainingSpec(Strict):
                             "sharded parameters are not what the best-checkpoint writer saves)")
     sync_batchnorm: bool = Field(False, description="batch-norm statistics over every rank's batch (DDP)")
     precision: Literal["32-true", "16-mixed", "bf16-mixed"] = "32-true"
-    channels_last: bool = Field(False, description="image encoders in channels-last memory format "
-                                                   "(faster convolutions under mixed precision on recent GPUs)")
+    channels_last: bool = Field(False, description="image encoders in channels-last memory format (faster "
+                                                   "convolutions under mixed precision on recent GPUs, and in "
+                                                   "fp32 on x86 CPUs: EfficientNet's depthwise convolutions, "
+                                                   "benchmarks/channels_last_step.py)")
     deterministic: bool = True
     last_checkpoint_budget: float = Field(0.05, ge=0, le=1, description=(
         "the share of a stage's training time its last checkpoint (what a killed run resumes from) may cost; "
