@@ -48,14 +48,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from mmdistill.cache.file_digests import FileDigestsMemo
-    from mmdistill.cache.stats import ImageStatsCache
     from mmdistill.data.checks import check_images, summary
-    from mmdistill.data.dataset import load_data
+    from mmdistill.cache.images import load_checked_data
     from mmdistill.preflight import check_models, load_config
 
     config = load_config(args.config, args.overrides)
-    data = load_data(config, ImageStatsCache(config), FileDigestsMemo(config))
+    data = load_checked_data(config)
     checked = check_images(config, data)
     check_models(config, data)
     print(summary(config, data, checked))

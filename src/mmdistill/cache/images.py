@@ -190,9 +190,16 @@ def attach_caches(data: "DataBundle", config: "ExperimentConfig", modalities: se
     return data
 
 
-def load_run_data(config: "ExperimentConfig") -> "DataBundle":
-    """The data as a run reads it: records from the files, images from the decoded-image cache."""
+def load_checked_data(config: "ExperimentConfig") -> "DataBundle":
+    """The records, labels and tasks as every command reads them, checked, with nothing written:
+    `mean: dataset` statistics and the files' content digests come from their memos, and what is
+    new is recorded only by `attach_caches`, once a run has passed its checks."""
     from mmdistill.cache.file_digests import FileDigestsMemo
     from mmdistill.cache.stats import ImageStatsCache
 
-    return attach_caches(load_data(config, ImageStatsCache(config), FileDigestsMemo(config)), config)
+    return load_data(config, ImageStatsCache(config), FileDigestsMemo(config))
+
+
+def load_run_data(config: "ExperimentConfig") -> "DataBundle":
+    """The data as a run reads it: records from the files, images from the decoded-image cache."""
+    return attach_caches(load_checked_data(config), config)

@@ -13,12 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mmdistill.cache.images import attach_caches
+from mmdistill.cache.images import attach_caches, load_checked_data
 from mmdistill.cache.keys import data_signature
-from mmdistill.cache.file_digests import FileDigestsMemo
-from mmdistill.cache.stats import ImageStatsCache
 from mmdistill.config.schema import ExperimentConfig
-from mmdistill.data.dataset import load_data
 from mmdistill.distributed import check_launch
 from mmdistill.preflight import check_models
 from mmdistill.run.context import RunContext
@@ -49,7 +46,7 @@ def start_run(config: ExperimentConfig, overwrite: bool, run_dir: Path | None, t
     the decoded-image caches and write config.yaml."""
     started = time.perf_counter()
     check_launch(config)
-    data = load_data(config, ImageStatsCache(config), FileDigestsMemo(config))
+    data = load_checked_data(config)
     teacher = check_models(config, data)
     directory = RunDirectory(run_dir if run_dir is not None else config.run_dir)
     signature = data_signature(config, data, record=True)

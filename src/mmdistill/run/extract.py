@@ -28,9 +28,7 @@ from tqdm.auto import tqdm
 from mmdistill import __version__
 from mmdistill.distributed import autocast, compute_device
 from mmdistill.config.schema import SPLITS, ExperimentConfig
-from mmdistill.cache.file_digests import FileDigestsMemo
-from mmdistill.cache.stats import ImageStatsCache
-from mmdistill.data.dataset import load_data
+from mmdistill.cache.images import load_checked_data
 from mmdistill.data.views import view_batches, view_settings
 from mmdistill.data.embeddings import SPLIT_DIRS, SplitEmbeddingsWriter, split_dir, teacher_modality
 from mmdistill.errors import UserError
@@ -44,7 +42,7 @@ def extract_embeddings(config: ExperimentConfig) -> dict[str, Path]:
         raise UserError(f"data.source: extract writes the embeddings layout; it needs source: embeddings "
                         f"(samples.csv per split), not {config.data.source!r}")
     modality = teacher_modality(config)
-    data = load_data(config, ImageStatsCache(config), FileDigestsMemo(config))
+    data = load_checked_data(config)
     torch.manual_seed(config.seed)
     teacher = build_model(config, "teacher", data)
     if config.teacher.checkpoint is not None:

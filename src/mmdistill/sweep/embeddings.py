@@ -25,15 +25,13 @@ def fused_vectors(run_dir: Path) -> dict[str, Any]:
     import yaml
 
     from mmdistill.config.schema import ExperimentConfig
-    from mmdistill.cache.file_digests import FileDigestsMemo
-    from mmdistill.cache.stats import ImageStatsCache
-    from mmdistill.data.dataset import load_data
+    from mmdistill.cache.images import load_checked_data
     from mmdistill.models.build import build_model
     from mmdistill.models.checkpoints import load_weights
 
     run_dir = Path(run_dir)
     config = ExperimentConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    data = load_data(config, ImageStatsCache(config), FileDigestsMemo(config))
+    data = load_checked_data(config)
     checkpoints = {"teacher": config.teacher.checkpoint or run_dir / "checkpoints" / "teacher_best.safetensors",
                    "student": run_dir / "checkpoints" / "student_best.safetensors"}
     out: dict[str, Any] = {}

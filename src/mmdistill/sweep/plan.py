@@ -80,10 +80,8 @@ def _check_runtime(configs: list[tuple[Variant, ExperimentConfig]], source: str)
     model combination, as `mmdistill validate` does: unknown backbones, unreadable weights or
     missing columns fail here, not after hours of other runs. Returns each data section's
     signature ({`_data_key`: `data_signature`}), what a finished run must have read."""
-    from mmdistill.data.dataset import load_data
+    from mmdistill.cache.images import load_checked_data
     from mmdistill.cache.keys import data_signature
-    from mmdistill.cache.file_digests import FileDigestsMemo
-    from mmdistill.cache.stats import ImageStatsCache
     from mmdistill.preflight import check_models
 
     data_cache: dict[str, Any] = {}
@@ -98,7 +96,7 @@ def _check_runtime(configs: list[tuple[Variant, ExperimentConfig]], source: str)
         seen.add(models_key)
         try:
             if data_key not in data_cache:
-                data_cache[data_key] = load_data(config, ImageStatsCache(config), FileDigestsMemo(config))
+                data_cache[data_key] = load_checked_data(config)
             check_models(config, data_cache[data_key])
             if data_key not in signatures:
                 signatures[data_key] = data_signature(config, data_cache[data_key])
