@@ -16,6 +16,7 @@ first batch (channels-last changes the order of float sums, nothing else).
 """
 import argparse
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -24,6 +25,8 @@ from mmdistill.losses.objective import build_objective
 from mmdistill.losses.terms import LossBatch
 from mmdistill.models.build import build_model
 from mmdistill.preflight import load_config
+from mmdistill.train.module import channels_last_inputs
+from mmdistill.train.warmup import BackboneWarmup
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--recipe", required=True, help="a config whose student to time")
@@ -41,23 +44,16 @@ for name, channels_last in (("nchw", False), ("channels_last", True)):
     model = build_model(cfg, "student", data)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    unfreeze = cfg.training.student.unfreeze_layers
-    for encoder in model.encoders.values():  # as train/warmup.BackboneWarmup trains them after warm-up, one device
-        groups = encoder.layer_groups() if encoder.trainable else []
-        for i, group in enumerate(groups):
-            for p in group:
-                p.requires_grad_(unfreeze is None or i >= len(groups) - unfreeze)
+    # the layer groups a run trains after its warm-up, set by the run's own callback (one device)
+    BackboneWarmup(0, cfg.training.student.unfreeze_layers).on_train_epoch_start(
+        SimpleNamespace(current_epoch=0, world_size=1), SimpleNamespace(model=model))
     arms[name] = (model, channels_last, build_objective("task_only", None, data.tasks, model, None),
                   torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-4))
 batches = list(data.loader("train", 32, shuffle=True, seed=0, modalities=set(arms["nchw"][0].modalities)))[:args.steps]
 
 
 def as_format(batch, channels_last):
-    if not channels_last:
-        return batch
-    inputs = {k: v.contiguous(memory_format=torch.channels_last) if torch.is_tensor(v) and v.dim() == 4 else v
-              for k, v in batch["inputs"].items()}
-    return {**batch, "inputs": inputs}
+    return {**batch, "inputs": channels_last_inputs(batch["inputs"])} if channels_last else batch
 
 
 with torch.no_grad():

@@ -48,8 +48,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from mmdistill.data.checks import check_images, summary
     from mmdistill.cache.images import load_checked_data
+    from mmdistill.data.checks import check_images, summary
     from mmdistill.preflight import check_models, load_config
 
     config = load_config(args.config, args.overrides)

@@ -22,6 +22,13 @@ from mmdistill.models.net import ModelOutput, MultiModalNet, TaskInfo
 from mmdistill.train.optim import build_optimizer
 
 
+def channels_last_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The image tensors ([B, C, H, W]) of a batch in channels-last memory format, the rest as
+    they are: a channels-last model fed NCHW images converts them at every conv."""
+    return {k: v.contiguous(memory_format=torch.channels_last) if torch.is_tensor(v) and v.dim() == 4 else v
+            for k, v in inputs.items()}
+
+
 class OutputCollector:
     """Gathers logits and labels over an evaluation pass. They stay on the device they were
     computed on until `metrics`: a copy to the host per batch would make the host wait for the
@@ -71,8 +78,7 @@ class StageModule(L.LightningModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.channels_last:
-            batch["inputs"] = {k: v.contiguous(memory_format=torch.channels_last) if torch.is_tensor(v) and v.dim() == 4
-                               else v for k, v in batch["inputs"].items()}
+            batch["inputs"] = channels_last_inputs(batch["inputs"])
         return batch
 
     # --- training
