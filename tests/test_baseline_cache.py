@@ -15,8 +15,8 @@ from mmdistill.train import fit as stage_module
 from mmdistill.run.experiment import run_experiment
 
 
-def _run(demo_root, out, name, preset="kd", baseline_cache=True, **student):
-    raw = tiny_config(demo_root, out)
+def _run(demo_root, out, name, preset="kd", baseline_cache=True, text_teacher=False, **student):
+    raw = tiny_config(demo_root, out, text_teacher=text_teacher)
     raw["experiment_name"] = name
     raw["objective"] = {"preset": preset}
     raw["logging"]["plots"] = False
@@ -68,6 +68,25 @@ def test_a_baseline_is_trained_once_and_equals_a_fresh_one(demo_root, tmp_path, 
     _run(demo_root, tmp_path, "lr", lr=1e-3)
     assert trained == ["teacher", "student", "baseline"]
     assert len(list((tmp_path / "cache" / "baselines").iterdir())) == 2
+
+
+def test_a_teacher_reading_more_modalities_shares_the_students_baseline(demo_root, tmp_path, monkeypatch):
+    """The key hashes the student's own columns: the image-only student's baseline trained under
+    an image + text teacher is copied under an image-only teacher, and equals the one that
+    teacher's run trains itself (the text column changes none of the student's batches)."""
+    trained = _trained_stages(monkeypatch)
+    with_text, text_dir = _run(demo_root, tmp_path, "text", text_teacher=True)
+    assert trained == ["teacher", "student", "baseline"]
+    trained.clear()
+    image_only, _ = _run(demo_root, tmp_path, "image")
+    assert trained == ["teacher", "student"] and "reused_from" in image_only["baseline"]
+    trained.clear()
+    fresh, fresh_dir = _run(demo_root, tmp_path, "fresh", baseline_cache=False)
+    assert trained == ["teacher", "student", "baseline"]
+    assert {k: fresh["baseline"][k] for k in ("dev", "test", "best_epoch")} == \
+           {k: with_text["baseline"][k] for k in ("dev", "test", "best_epoch")}
+    assert (fresh_dir / "checkpoints" / "baseline_best.safetensors").read_bytes() == \
+           (text_dir / "checkpoints" / "baseline_best.safetensors").read_bytes()
 
 
 def test_a_damaged_entry_is_trained_again_and_replaced(demo_root, tmp_path, monkeypatch):

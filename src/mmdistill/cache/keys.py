@@ -80,15 +80,19 @@ def weights_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def data_signature(config: "ExperimentConfig", data: "DataBundle", record: bool = False) -> str:
+def data_signature(config: "ExperimentConfig", data: "DataBundle", record: bool = False,
+                   modalities: Iterable[str] | None = None) -> str:
     """Every record of every split the run read, with labels, plus the precomputed teacher
     embeddings of a feature-KD run: a sweep re-runs a finished run whose signature differs.
-    `record`: remember the embedding files' digests in the cache (a run, once its data and
-    models are checked; a dry run or a plan's check writes nothing)."""
+    `modalities`: hash only these columns of the records (the baseline student's own, so a
+    teacher that reads one more modality leaves its key alone); the splits' sizes and labels
+    always. `record`: remember the embedding files' digests in the cache (a run, once its data
+    and models are checked; a dry run or a plan's check writes nothing)."""
     h = hashlib.sha256(b"data signature 2")
     for split, dataset in data.datasets.items():
         h.update(f"{split}:{len(dataset.records)}".encode())
-        hash_table(h, dataset.records, sorted(dataset.records.values), labels=True)
+        columns = sorted(dataset.records.values if modalities is None else set(modalities) & set(dataset.records.values))
+        hash_table(h, dataset.records, columns, labels=True)
     if config.data.source == "embeddings":
         from mmdistill.cache.file_digests import FileDigestsMemo
         from mmdistill.data.embeddings import SPLIT_DIRS, split_dir
@@ -209,8 +213,12 @@ def teacher_scores_key(config: "ExperimentConfig", teacher: nn.Module, data: "Da
 
 def baseline_key(config: "ExperimentConfig", data: "DataBundle") -> str:
     """The baseline student: the config without the teacher- and KD-only keys
-    (`config/hashing.baseline_hash`) and the data signature."""
-    h = hashlib.sha256(b"baseline cache 1")
+    (`config/hashing.baseline_hash`) and the data signature over the student's own modalities.
+    Not every modality read: the modalities a teacher reads and the student does not change
+    none of its batches (augmentation draws per sample, not per modality: `data/augment.py`),
+    so an image-only student's baseline is the same under an image-only and an image + text
+    teacher, and is trained once for both."""
+    h = hashlib.sha256(b"baseline cache 2")
     h.update(baseline_hash(config).encode())
-    h.update(data_signature(config, data).encode())
+    h.update(data_signature(config, data, modalities=config.student.encoders).encode())
     return h.hexdigest()[:24]
