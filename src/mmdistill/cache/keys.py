@@ -213,9 +213,9 @@ def teacher_scores_key(config: "ExperimentConfig", teacher: nn.Module, data: "Da
 
 def baseline_key(config: "ExperimentConfig", data: "DataBundle") -> str:
     """The baseline student: the config without the teacher- and KD-only keys
-    (`config/hashing.baseline_hash`) and the data signature over the student's own modalities.
-    Not every modality read: the modalities a teacher reads and the student does not change
-    none of its batches (augmentation draws per sample, not per modality: `data/augment.py`),
+    (`config/hashing.baseline_hash`) and the data signature over the student's own modalities,
+    not over every modality some model reads: a column only the teacher reads changes none of
+    the student's batches (augmentation draws per sample, not per modality: `data/augment.py`),
     so an image-only student's baseline is the same under an image-only and an image + text
     teacher, and is trained once for both."""
     h = hashlib.sha256(b"baseline cache 2")
