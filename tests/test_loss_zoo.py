@@ -374,6 +374,7 @@ def _unit(x):
 
 
 def test_crd_matches_infonce_and_updates_the_memory_with_momentum(monkeypatch):
+    torch.manual_seed(0)  # unseeded, about 1 initial state in 750 put a bank entry near 0 (see atol below)
     term = _crd(momentum=0.8, nce_t=0.1)
     negatives = torch.tensor([[1, 2, 3], [0, 4, 5], [9, 8, 7], [0, 1, 2]])
     monkeypatch.setattr(term, "sample_negatives", lambda index, k: negatives)
@@ -396,7 +397,7 @@ def test_crd_matches_infonce_and_updates_the_memory_with_momentum(monkeypatch):
     touched = index.numpy()
     for bank, old, z in ((term.memory_s, mem_s, zs), (term.memory_t, mem_t, zt)):
         new = bank.numpy()
-        np.testing.assert_allclose(new[touched], _unit(0.8 * old[touched] + 0.2 * z), rtol=1e-12)
+        np.testing.assert_allclose(new[touched], _unit(0.8 * old[touched] + 0.2 * z), rtol=1e-12, atol=1e-15)
         untouched = np.setdiff1d(np.arange(10), touched)
         np.testing.assert_array_equal(new[untouched], old[untouched])
         np.testing.assert_allclose(np.linalg.norm(new, axis=1), 1.0, rtol=1e-12)
