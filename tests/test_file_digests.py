@@ -4,15 +4,15 @@ unchanged files reads none of them to compute its keys."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from conftest import tiny_config
 from mmdistill.data import file_content
-from mmdistill.cache.file_digests import FileDigests, FileDigestsMemo
+from mmdistill.cache.file_digests import FileDigests, FileDigestsMemo, read_memo
 from mmdistill.cache.images import load_run_data
 from mmdistill.cache.inventory import list_entries
 from mmdistill.cache.keys import data_signature, images_key
@@ -80,11 +80,12 @@ def test_the_memo_is_a_listed_cache_entry_and_a_damaged_one_is_rebuilt(demo_root
     load_run_data(config)  # a run records the digests with its first cache
     assert memo.is_file()
 
-    memo.write_text('{"key": "file digests 1 ')  # a truncated write by something else
+    memo.write_bytes(memo.read_bytes()[:-40])  # a truncated write by something else
+    assert [e.state for e in list_entries(config.cache_dir) if e.kind == "files"] == ["damaged"]
     reads.clear()
     assert keys() == first
     assert len(reads) == len(list((root / "images").iterdir()))
-    assert len(json.loads(memo.read_text())["files"]) == len(reads)
+    assert len(read_memo(memo)) == len(reads)
 
 
 def test_processes_saving_at_once_keep_each_others_entries(demo_root, tmp_path, reads):
@@ -93,7 +94,7 @@ def test_processes_saving_at_once_keep_each_others_entries(demo_root, tmp_path, 
     stats = [os.stat(p) for p in paths]
     sizes = [s.st_size for s in stats]
     mtimes = [s.st_mtime_ns for s in stats]
-    memo = tmp_path / "cache" / "files" / "m.json"
+    memo = tmp_path / "cache" / "files" / "m.npy"
     a, b = FileDigests(memo, "root"), FileDigests(memo, "root")
     first = a(paths[:2], sizes[:2], mtimes[:2])
     second = b(paths[2:], sizes[2:], mtimes[2:])
@@ -116,12 +117,51 @@ def test_a_file_that_cannot_be_read_is_named(tmp_path):
     assert list(hash_files([str(present), str(present)])) == [hash_files([str(present)])[0]] * 2
 
 
-def test_a_malformed_memo_entry_is_hashed_again(tmp_path, reads):
+def test_a_changed_size_or_a_memo_of_another_layout_is_hashed_again(tmp_path, reads):
     path = tmp_path / "a.png"
     path.write_bytes(b"abc")
     st = os.stat(path)
-    memo = tmp_path / "files" / "m.json"
+    memo = tmp_path / "files" / "m.npy"
     memo.parent.mkdir()
-    memo.write_text(json.dumps({"key": "k", "files": {str(path): ["x", st.st_mtime_ns]}}))
-    FileDigests(memo, "k")([str(path)], [st.st_size], [st.st_mtime_ns])
+    digests = FileDigests(memo, "k")
+    first = digests([str(path)], [st.st_size], [st.st_mtime_ns])
+    digests.save()
     assert reads == [str(path)]
+    assert list(FileDigests(memo, "k")([str(path)], [st.st_size + 1], [st.st_mtime_ns])) == list(first)
+    assert reads == [str(path)] * 2  # the size recorded was not this one
+    np.save(memo, np.zeros(3))  # a memo written in another layout (an older format, another tool)
+    assert list(FileDigests(memo, "k")([str(path)], [st.st_size], [st.st_mtime_ns])) == list(first)
+    assert reads == [str(path)] * 3
+
+
+def test_the_memo_answers_by_path_among_many_and_keeps_the_latest_entry_of_a_path(tmp_path, reads):
+    """Looked up by searchsorted over path digests: each of many paths gets its own digest
+    whatever the order asked in, and a file hashed again replaces its entry, not adds one."""
+    files = []
+    for i in range(300):
+        files.append(tmp_path / f"{i:03d}.bin")
+        files[-1].write_bytes(f"content {i}".encode())
+    paths = [str(f) for f in files]
+    stats = [os.stat(p) for p in paths]
+    sizes, mtimes = [s.st_size for s in stats], [s.st_mtime_ns for s in stats]
+    memo = tmp_path / "files" / "m.npy"
+    truth = FileDigests(memo, "k")(paths, sizes, mtimes)
+    assert len(set(truth.tolist())) == 300
+    FileDigests(memo, "k")(paths[:150], sizes[:150], mtimes[:150])
+    assert not memo.exists()  # nothing saved yet
+    digests = FileDigests(memo, "k")
+    digests(paths, sizes, mtimes)
+    digests.save()
+    reads.clear()
+    order = np.random.default_rng(0).permutation(300)
+    again = FileDigests(memo, "k")([paths[i] for i in order], [sizes[i] for i in order], [mtimes[i] for i in order])
+    assert reads == [] and list(again) == list(truth[order])
+
+    files[7].write_bytes(b"other bytes")
+    os.utime(files[7], ns=(mtimes[7] + 10**9, mtimes[7] + 10**9))
+    changed = FileDigests(memo, "k")
+    new_digest = changed([paths[7]], [os.stat(paths[7]).st_size], [mtimes[7] + 10**9])[0]
+    changed.save()
+    assert new_digest != truth[7] and reads == [paths[7]]
+    entries = read_memo(memo)
+    assert len(entries) == 300 and entries["digest"].tolist().count(new_digest) == 1

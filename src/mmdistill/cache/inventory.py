@@ -25,6 +25,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from mmdistill.cache import KINDS
 from mmdistill.cache.store import STORE_FILE, ArrayStore, acquire, release
 from mmdistill.errors import UserError
@@ -74,6 +76,12 @@ def _entry(kind: str, path: Path) -> CacheEntry:
     size, newest = _size_and_newest(path)
     if path.name.startswith("."):  # array stores and atomic JSON writes both build under a hidden name
         return CacheEntry(kind, path, size, newest, "unfinished")
+    if path.suffix == ".npy":  # a file-digest memo (`file_digests.py`): its header and length
+        try:
+            np.load(path, mmap_mode="r")
+            return CacheEntry(kind, path, size, path.stat().st_mtime, "ok")
+        except (OSError, ValueError, EOFError):
+            return CacheEntry(kind, path, size, newest, "damaged")
     if path.is_file() or kind == "baselines":  # a teacher-score JSON; a baseline's result.json and weights
         result = path if path.is_file() else path / "result.json"
         try:

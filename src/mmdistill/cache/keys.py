@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 IMAGES_FORMAT = 2  # bump when decoding (data/images.py) or the store layout changes: old entries become stale
 STATS_FORMAT = 1  # bump when data/stats.py computes the numbers differently
-FILE_DIGESTS_FORMAT = 1  # bump when file_digests.py hashes files differently: every memo is re-read
+FILE_DIGESTS_FORMAT = 2  # bump when file_digests.py hashes or stores files differently: every memo is re-read
 
 
 # --------------------------------------------------------------------------- primitives
