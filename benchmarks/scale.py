@@ -10,7 +10,9 @@ stage trains again, reading the caches the first built). Each run reports:
 - `first_step_s`: wall time from the process's start to the first training step (the teacher
   stage's), which is what reading, checking, fingerprinting and caching the data costs, and
   `decode_s`, `stats_s` and `text_s`, the parts of it the decoded-image cache, the `mean:
-  dataset` statistics and the text-vector cache took to build (as they log it);
+  dataset` statistics and the text-vector cache took to build (as they log it), and
+  `imports_s`, the part of it before the run starts (the libraries' imports: a constant that
+  varies by seconds between processes, so the per-record slopes leave it out);
 - `main_peak_rss`: the run process's peak RSS (VmHWM);
 - `worker_rss` / `worker_private`: a loader worker's RSS and its private (copied) bytes at the
   end of the student's epoch (`--workers` >= 1);
@@ -21,7 +23,9 @@ The teacher reads the image (tiny CNN) and the text (the packaged MiniLM cut to 
 layer, frozen, so its vectors come from the text cache); the student reads the image. It
 prints per N, the fitted per-record cost of each figure (slope between the smallest and largest
 N, so the model and the libraries, which do not grow with N, drop out) and the ratio of the
-per-record figures largest/smallest N, and ends with the lines `rerun_us_per_record=`,
+per-record figures largest/smallest N, how much the machine's own speed changed meanwhile (a
+fixed workload timed before each size; a warning past 15%, as a shared host can halve its
+speed for minutes), and ends with the lines `rerun_us_per_record=`,
 `rss_bytes_per_record=`, `worker_rss_ratio_100k_10k=` and `max_per_sample_ratio_100k_10k=`.
 
 Disk: about 5 KB per record for the images as files (a 16 px PNG each, one file-system block)
@@ -176,6 +180,7 @@ def child(config_path: Path, report: Path) -> None:
     StageModule.on_train_epoch_start = on_start
     StageModule.on_train_epoch_end = on_end
     config = ExperimentConfig.model_validate(yaml.safe_load(config_path.read_text()))
+    seen["imports_s"] = time.perf_counter() - START  # what does not grow with N, and varies most between processes
     run_experiment(config)
     seen["main_peak_rss"] = _status("self", "VmHWM")
     report.write_text(json.dumps(seen))
@@ -194,6 +199,33 @@ def _run(config: dict[str, Any], name: str, work: Path) -> dict[str, Any]:
     return json.loads(report.read_text())
 
 
+def machine_speed() -> dict[str, float]:
+    """Seconds a fixed workload takes now: a tiny CNN's training steps (what a student epoch
+    does) and a pure-Python loop (what reading a table does). Measured before each size and at
+    the end, it shows whether the machine itself changed speed during the benchmark (a shared
+    host does): a 100k/10k ratio is only the data's effect when these stay put."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.MaxPool2d(2), torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 4))
+    opt = torch.optim.Adam(net.parameters())
+    x, y = torch.randn(256, 3, 16, 16), torch.randint(0, 4, (256,))
+    for timed in (False, True):  # the first pass only warms up (kernel selection, allocations)
+        started = time.perf_counter()
+        for _ in range(60 if timed else 5):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+    torch_s = time.perf_counter() - started
+    started = time.perf_counter()
+    total = 0
+    for i in range(3_000_000):
+        total += i % 7
+    return {"torch_s": torch_s, "python_s": time.perf_counter() - started}
+
+
 def _du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
 
@@ -201,6 +233,7 @@ def _du(path: Path) -> int:
 def measure(n: int, base: Path, workers: int) -> dict[str, Any]:
     work = base / f"n{n}"
     shutil.rmtree(work, ignore_errors=True)
+    speed = machine_speed()
     started = time.perf_counter()
     make_data(work / "data", n)
     print(f"N={n}: data written in {time.perf_counter() - started:.0f} s", flush=True)
@@ -212,6 +245,7 @@ def measure(n: int, base: Path, workers: int) -> dict[str, Any]:
     out = {"n": n, "records": records, "first_step_s": first["first_step_s"], "decode_s": first["decode_s"],
            "stats_s": first["stats_s"], "text_s": first["text_s"],
            "rerun_step_s": second["first_step_s"],
+           "first_imports_s": first["imports_s"], "rerun_imports_s": second["imports_s"], "speed": speed,
            "main_peak_rss": second["main_peak_rss"], "worker_rss": second.get("worker_rss", 0),
            "worker_private": second.get("worker_private", 0), "student_epoch_s": second["epochs"][-1],
            "cache_bytes": caches}
@@ -223,7 +257,7 @@ def _short(n: int) -> str:
     return f"{n // 1000}k" if n % 1000 == 0 else str(n)
 
 
-def report(rows: list[dict[str, Any]]) -> None:
+def report(rows: list[dict[str, Any]], end_speed: dict[str, float]) -> None:
     small, large = rows[0], rows[-1]
     dn = large["records"] - small["records"]
     print(f"\n{'N':>9}{'records':>9}{'first step s':>14}{'re-run step s':>15}{'main peak MiB':>15}"
@@ -232,19 +266,21 @@ def report(rows: list[dict[str, Any]]) -> None:
         print(f"{r['n']:>9}{r['records']:>9}{r['first_step_s']:>14.1f}{r['rerun_step_s']:>15.1f}"
               f"{r['main_peak_rss'] / 2**20:>15.0f}{r['worker_rss'] / 2**20:>16.0f}{r['worker_private'] / 2**20:>20.1f}"
               f"{r['student_epoch_s'] / r['n'] * 1e6:>19.1f}{sum(r['cache_bytes'].values()) / 2**20:>11.1f}")
-    slope = {k: (large[k] - small[k]) / dn for k in ("first_step_s", "rerun_step_s", "main_peak_rss", "worker_rss",
+    for r in rows:  # start to first step without the imports: they do not grow with N but vary by seconds
+        r["first_run_s"], r["rerun_run_s"] = r["first_step_s"] - r["first_imports_s"], r["rerun_step_s"] - r["rerun_imports_s"]
+    slope = {k: (large[k] - small[k]) / dn for k in ("first_run_s", "rerun_run_s", "main_peak_rss", "worker_rss",
                                                        "worker_private")}
     kinds = sorted(set(small["cache_bytes"]) | set(large["cache_bytes"]))
     print(f"\nfitted per-record cost ({small['n']} -> {large['n']}):")
-    print(f"  first run, start to first step  {slope['first_step_s'] * 1e6:8.1f} us/record")
+    print(f"  first run, start to first step  {slope['first_run_s'] * 1e6:8.1f} us/record (imports left out)")
     builds = {"decoding images": "decode_s", "image statistics": "stats_s"}
     for what, k in builds.items():
         print(f"    of which {what + ':':<20} {(large[k] - small[k]) / dn * 1e6:8.1f} us/record")
-    rest = slope["first_step_s"] - sum((large[k] - small[k]) / dn for k in builds.values())
+    rest = slope["first_run_s"] - sum((large[k] - small[k]) / dn for k in builds.values())
     print(f"    and everything else           {rest * 1e6:8.1f} us/record")
     # a frozen text encoder's vectors are computed on its first forward, i.e. inside the first step
     print(f"  text vectors (first forward)    {(large['text_s'] - small['text_s']) / dn * 1e6:8.1f} us/record")
-    print(f"  re-run, start to first step     {slope['rerun_step_s'] * 1e6:8.1f} us/record")
+    print(f"  re-run, start to first step     {slope['rerun_run_s'] * 1e6:8.1f} us/record (imports left out)")
     print(f"  main process peak RSS           {slope['main_peak_rss']:8.0f} bytes/record")
     print(f"  loader worker RSS               {slope['worker_rss']:8.0f} bytes/record")
     print(f"  loader worker private bytes     {slope['worker_private']:8.0f} bytes/record")
@@ -253,16 +289,25 @@ def report(rows: list[dict[str, Any]]) -> None:
         print(f"  cache {kind + ':':<25} {per:8.0f} bytes/record")
     tag = f"{_short(large['n'])}_{_short(small['n'])}"
     per_sample = {
-        "first_step": (large["first_step_s"] / large["records"]) / (small["first_step_s"] / small["records"]),
-        "rerun_step": (large["rerun_step_s"] / large["records"]) / (small["rerun_step_s"] / small["records"]),
+        "first_step": (large["first_run_s"] / large["records"]) / (small["first_run_s"] / small["records"]),
+        "rerun_step": (large["rerun_run_s"] / large["records"]) / (small["rerun_run_s"] / small["records"]),
         "student_epoch": (large["student_epoch_s"] / large["n"]) / (small["student_epoch_s"] / small["n"]),
         "cache_bytes": (sum(large["cache_bytes"].values()) / large["records"])
         / (sum(small["cache_bytes"].values()) / small["records"]),
     }
     print(f"\nratio of per-record figures {large['n']}/{small['n']}: "
           + ", ".join(f"{k} {v:.2f}" for k, v in per_sample.items()))
+    speeds = [r["speed"] for r in rows] + [end_speed]
+    drift = {k: max(s[k] for s in speeds) / min(s[k] for s in speeds) for k in ("torch_s", "python_s")}
+    print("machine speed, a fixed workload timed before each size and at the end (s): "
+          + "; ".join(f"{k} " + " ".join(f"{s[k]:.2f}" for s in speeds) for k in ("torch_s", "python_s"))
+          + " (slowest/fastest " + ", ".join(f"{v:.2f}" for v in drift.values()) + ")")
+    if any(abs(v - 1) > 0.15 for v in drift.values()):
+        print("WARNING: the machine changed speed during the benchmark by more than 15%: the time ratios above mix "
+              "that in (student_epoch with the torch workload, the start-to-first-step figures with the Python one); "
+              "run again on a quiet machine")
     worker_ratio = large["worker_rss"] / small["worker_rss"] if small["worker_rss"] else float("nan")
-    print(f"rerun_us_per_record={slope['rerun_step_s'] * 1e6:.1f}")
+    print(f"rerun_us_per_record={slope['rerun_run_s'] * 1e6:.1f}")
     print(f"rss_bytes_per_record={slope['main_peak_rss']:.0f}")
     print(f"worker_rss_ratio_{tag}={worker_ratio:.3f}")
     print(f"max_per_sample_ratio_{tag}={max(per_sample.values()):.3f}")
@@ -280,9 +325,11 @@ def main() -> None:
         child(Path(args.child[0]), Path(args.child[1]))
         return
     base = Path(args.dir)
-    sizes = sorted(int(s) for s in args.sizes.split(","))
+    sizes = sorted({int(s) for s in args.sizes.split(",")})
+    if len(sizes) < 2:
+        parser.error("--sizes needs at least two sizes: per-record costs are the slope between the smallest and largest")
     rows = [measure(n, base, args.workers) for n in sizes]
-    report(rows)
+    report(rows, machine_speed())
     if not args.keep:
         shutil.rmtree(base, ignore_errors=True)
 
