@@ -95,13 +95,13 @@ def test_processes_saving_at_once_keep_each_others_entries(demo_root, tmp_path, 
     sizes = [s.st_size for s in stats]
     mtimes = [s.st_mtime_ns for s in stats]
     memo = tmp_path / "cache" / "files" / "m.npy"
-    a, b = FileDigests(memo, "root"), FileDigests(memo, "root")
+    a, b = FileDigests(memo), FileDigests(memo)
     first = a(paths[:2], sizes[:2], mtimes[:2])
     second = b(paths[2:], sizes[2:], mtimes[2:])
     a.save()
     b.save()
     reads.clear()
-    again = FileDigests(memo, "root")(paths, sizes, mtimes)
+    again = FileDigests(memo)(paths, sizes, mtimes)
     assert reads == [] and list(again) == list(first) + list(second)
     assert len(set(again.tolist())) == 4  # different files, different digests
 
@@ -123,14 +123,14 @@ def test_a_changed_size_or_a_memo_of_another_layout_is_hashed_again(tmp_path, re
     st = os.stat(path)
     memo = tmp_path / "files" / "m.npy"
     memo.parent.mkdir()
-    digests = FileDigests(memo, "k")
+    digests = FileDigests(memo)
     first = digests([str(path)], [st.st_size], [st.st_mtime_ns])
     digests.save()
     assert reads == [str(path)]
-    assert list(FileDigests(memo, "k")([str(path)], [st.st_size + 1], [st.st_mtime_ns])) == list(first)
+    assert list(FileDigests(memo)([str(path)], [st.st_size + 1], [st.st_mtime_ns])) == list(first)
     assert reads == [str(path)] * 2  # the size recorded was not this one
     np.save(memo, np.zeros(3))  # a memo written in another layout (an older format, another tool)
-    assert list(FileDigests(memo, "k")([str(path)], [st.st_size], [st.st_mtime_ns])) == list(first)
+    assert list(FileDigests(memo)([str(path)], [st.st_size], [st.st_mtime_ns])) == list(first)
     assert reads == [str(path)] * 3
 
 
@@ -145,21 +145,21 @@ def test_the_memo_answers_by_path_among_many_and_keeps_the_latest_entry_of_a_pat
     stats = [os.stat(p) for p in paths]
     sizes, mtimes = [s.st_size for s in stats], [s.st_mtime_ns for s in stats]
     memo = tmp_path / "files" / "m.npy"
-    truth = FileDigests(memo, "k")(paths, sizes, mtimes)
+    truth = FileDigests(memo)(paths, sizes, mtimes)
     assert len(set(truth.tolist())) == 300
-    FileDigests(memo, "k")(paths[:150], sizes[:150], mtimes[:150])
+    FileDigests(memo)(paths[:150], sizes[:150], mtimes[:150])
     assert not memo.exists()  # nothing saved yet
-    digests = FileDigests(memo, "k")
+    digests = FileDigests(memo)
     digests(paths, sizes, mtimes)
     digests.save()
     reads.clear()
     order = np.random.default_rng(0).permutation(300)
-    again = FileDigests(memo, "k")([paths[i] for i in order], [sizes[i] for i in order], [mtimes[i] for i in order])
+    again = FileDigests(memo)([paths[i] for i in order], [sizes[i] for i in order], [mtimes[i] for i in order])
     assert reads == [] and list(again) == list(truth[order])
 
     files[7].write_bytes(b"other bytes")
     os.utime(files[7], ns=(mtimes[7] + 10**9, mtimes[7] + 10**9))
-    changed = FileDigests(memo, "k")
+    changed = FileDigests(memo)
     new_digest = changed([paths[7]], [os.stat(paths[7]).st_size], [mtimes[7] + 10**9])[0]
     changed.save()
     assert new_digest != truth[7] and reads == [paths[7]]

@@ -44,8 +44,9 @@ baselines/<key>/                                        baselines.py, switch `ca
 files/<key>.npy                                          file_digests.py, always on
     A 64-bit content digest of every input file (images, extracted embeddings) under one data
     root, with the size and mtime it had when hashed (32 bytes a file, sorted by a digest of its
-    path); a file is read and hashed again only when those differ. So the keys above follow what the files hold: the same data copied with new
-    times (re-extracted, checked out again, synced without times) keeps every entry. Key
+    path); a file is read and hashed again only when those differ. So the keys above follow
+    what the files hold: the same data copied with new times (re-extracted, checked out again,
+    synced without times) keeps every entry. Key
     (`keys.file_digests_key`): the memo format and the root's absolute path.
 
 Not here, because they are results rather than caches: a sweep's shared teachers

@@ -13,8 +13,9 @@ The memo is one file per data root under the cache's `files/` folder (`keys.file
 a `.npy` of fixed 32-byte entries (a 64-bit digest of the path, size, mtime, content digest),
 sorted by path digest. A JSON `{path: [size, mtime, digest]}` held about 320 bytes of Python
 objects per file while a run read it (36.7 MiB at 120k images, docs/scale.md); packed, it is
-the 32 bytes on disk, looked up by `searchsorted`. Two paths with the same 64-bit digest and also the same size and mtime would
-share a content digest: at a million files, odds of about 1 in 4 x 10^7 before size and mtime.
+the 32 bytes on disk, looked up by `searchsorted`. Two paths with the same 64-bit digest and
+also the same size and mtime would share a content digest: at a million files, odds of about
+1 in 4 x 10^7 before size and mtime.
 `mmdistill cache` lists and prunes it like the other entries (`inventory.py`).
 Several processes (sweep workers, DDP ranks) may update it at once: each writes the whole file
 atomically, merged with what is on disk just before, so at worst a lost entry is hashed again.
@@ -80,8 +81,7 @@ class FileDigestsMemo:
         self.folder, self.progress = kind_dir(config, "files"), config.logging.progress_bar
 
     def __call__(self, root: str) -> "FileDigests":
-        key = file_digests_key(root)
-        return FileDigests(self.folder / f"{key}.npy", key, self.progress)
+        return FileDigests(self.folder / f"{file_digests_key(root)}.npy", self.progress)
 
 
 class FileDigests:
@@ -89,8 +89,8 @@ class FileDigests:
     without one: `data.file_content.digests_without_memo`). Read once when created; `save`
     records what was hashed."""
 
-    def __init__(self, path: Path, key: str, progress: bool = False):
-        self.path, self.key, self.progress = path, key, progress  # the key is the file's name
+    def __init__(self, path: Path, progress: bool = False):
+        self.path, self.progress = path, progress  # its name is the key (`keys.file_digests_key`)
         self.known = read_memo(path)
         if len(self.known):
             mark_used(path)  # what `mmdistill cache --older-than` goes by

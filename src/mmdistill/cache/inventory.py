@@ -79,7 +79,7 @@ def _entry(kind: str, path: Path) -> CacheEntry:
     if path.suffix == ".npy":  # a file-digest memo (`file_digests.py`): its header and length
         try:
             np.load(path, mmap_mode="r")
-            return CacheEntry(kind, path, size, path.stat().st_mtime, "ok")
+            return CacheEntry(kind, path, size, newest, "ok")  # newest: the file's own mtime
         except (OSError, ValueError, EOFError):
             return CacheEntry(kind, path, size, newest, "damaged")
     if path.is_file() or kind == "baselines":  # a teacher-score JSON; a baseline's result.json and weights
