@@ -500,7 +500,9 @@ class TrainingSpec(Strict):
                                                    "convolutions under mixed precision on recent GPUs, and in "
                                                    "fp32 on x86 CPUs: EfficientNet's depthwise convolutions, "
                                                    "benchmarks/channels_last_step.py)")
-    deterministic: bool = True
+    deterministic: bool = Field(True, description="deterministic algorithms, on the CPU only: several CUDA "
+                                "kernels have none, so a GPU run is not reproducible to the last digit "
+                                "(docs/distributed.md); compare GPU variants over seeds")
     last_checkpoint_budget: float = Field(0.05, ge=0, le=1, description=(
         "the share of a stage's training time its last checkpoint (what a killed run resumes from) may cost; "
         "0: keep none (train/resume.py)"))
