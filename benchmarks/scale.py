@@ -13,7 +13,12 @@ stage trains again, reading the caches the first built). Each run reports:
   dataset` statistics and the text-vector cache took to build (as they log it), and
   `imports_s`, the part of it before the run starts (the libraries' imports: a constant that
   varies by seconds between processes, so the per-record slopes leave it out);
-- `main_peak_rss`: the run process's peak RSS (VmHWM);
+- `main_peak_rss`: the run process's peak RSS (VmHWM), and `main_peak_anon`, the peak of its
+  anonymous part (RssAnon, sampled every 50 ms): the process's own memory, without the pages of
+  the libraries' code it maps (about 430 MiB here, constant, most of it libtorch);
+- `records_bytes`: the bytes of the arrays the record tables of the three splits hold (paths,
+  texts, offsets, labels, file sizes and content digests): what the run keeps per record by
+  design, against which the RSS slopes are to be read;
 - `worker_rss` / `worker_private`: a loader worker's RSS and its private (copied) bytes at the
   end of the student's epoch (`--workers` >= 1);
 - `student_epoch_s`: the student's training epoch, per train sample;
@@ -26,7 +31,8 @@ N, so the model and the libraries, which do not grow with N, drop out) and the r
 per-record figures largest/smallest N, how much the machine's own speed changed meanwhile (a
 fixed workload timed before each size; a warning past 15%, as a shared host can halve its
 speed for minutes), and ends with the lines `rerun_us_per_record=`,
-`rss_bytes_per_record=`, `worker_rss_ratio_100k_10k=` and `max_per_sample_ratio_100k_10k=`.
+`rss_bytes_per_record=`, `records_bytes_per_record=`, `worker_rss_ratio_100k_10k=` and
+`max_per_sample_ratio_100k_10k=`.
 
 Disk: about 5 KB per record for the images as files (a 16 px PNG each, one file-system block)
 and 1 KB for the caches, so 1M records need about 6 GB and take ~20 min to write here.
@@ -130,19 +136,58 @@ def _children() -> list[str]:
     return found
 
 
+def _array_bytes(obj: Any, depth: int = 0) -> int:
+    """The bytes of the numpy arrays reachable from `obj` through attributes and containers
+    (a record table: its columns' buffers and offsets, labels, file stats)."""
+    import numpy as np
+
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if depth > 6:
+        return 0
+    if isinstance(obj, dict):
+        return sum(_array_bytes(v, depth + 1) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_array_bytes(v, depth + 1) for v in obj)
+    if hasattr(obj, "__dict__"):
+        return sum(_array_bytes(v, depth + 1) for v in vars(obj).values())
+    return 0
+
+
+def _sample_anon(seen: dict[str, Any]) -> None:
+    """The peak of this process's anonymous RSS, sampled every 50 ms (VmHWM has no such split)."""
+    import threading
+
+    def sample() -> None:
+        while True:
+            seen["main_peak_anon"] = max(seen.get("main_peak_anon", 0), _status("self", "RssAnon"))
+            time.sleep(0.05)
+
+    threading.Thread(target=sample, daemon=True).start()
+
+
 def child(config_path: Path, report: Path) -> None:
     """One `mmdistill run`, with the training module's hooks timed."""
     import logging
 
     import yaml
 
+    import mmdistill.run.experiment as experiment
     from mmdistill.config.schema import ExperimentConfig
     from mmdistill.environment import prepare_process
-    from mmdistill.run.experiment import run_experiment
     from mmdistill.train.module import StageModule
 
     prepare_process()
     seen: dict[str, Any] = {"epochs": [], "decode_s": 0.0, "stats_s": 0.0, "text_s": 0.0}
+    _sample_anon(seen)
+    original_load = experiment.load_checked_data
+
+    def load(config: Any) -> Any:
+        data = original_load(config)
+        seen["records_bytes"] = sum(_array_bytes(ds.records) for ds in data.datasets.values())
+        return data
+
+    experiment.load_checked_data = load
 
     class BuildTimes(logging.Handler):
         """The caches' own reports of each build: `decoded images (...) in X s`, `image statistics
@@ -181,7 +226,7 @@ def child(config_path: Path, report: Path) -> None:
     StageModule.on_train_epoch_end = on_end
     config = ExperimentConfig.model_validate(yaml.safe_load(config_path.read_text()))
     seen["imports_s"] = time.perf_counter() - START  # what does not grow with N, and varies most between processes
-    run_experiment(config)
+    experiment.run_experiment(config)
     seen["main_peak_rss"] = _status("self", "VmHWM")
     report.write_text(json.dumps(seen))
 
@@ -246,7 +291,8 @@ def measure(n: int, base: Path, workers: int) -> dict[str, Any]:
            "stats_s": first["stats_s"], "text_s": first["text_s"],
            "rerun_step_s": second["first_step_s"],
            "first_imports_s": first["imports_s"], "rerun_imports_s": second["imports_s"], "speed": speed,
-           "main_peak_rss": second["main_peak_rss"], "worker_rss": second.get("worker_rss", 0),
+           "main_peak_rss": second["main_peak_rss"], "main_peak_anon": second["main_peak_anon"],
+           "records_bytes": second["records_bytes"], "worker_rss": second.get("worker_rss", 0),
            "worker_private": second.get("worker_private", 0), "student_epoch_s": second["epochs"][-1],
            "cache_bytes": caches}
     print(json.dumps(out), flush=True)
@@ -260,16 +306,16 @@ def _short(n: int) -> str:
 def report(rows: list[dict[str, Any]], end_speed: dict[str, float]) -> None:
     small, large = rows[0], rows[-1]
     dn = large["records"] - small["records"]
-    print(f"\n{'N':>9}{'records':>9}{'first step s':>14}{'re-run step s':>15}{'main peak MiB':>15}"
+    print(f"\n{'N':>9}{'records':>9}{'first step s':>14}{'re-run step s':>15}{'main peak MiB':>15}{'anon peak MiB':>15}"
           f"{'worker RSS MiB':>16}{'worker private MiB':>20}{'student us/sample':>19}{'cache MiB':>11}")
     for r in rows:
         print(f"{r['n']:>9}{r['records']:>9}{r['first_step_s']:>14.1f}{r['rerun_step_s']:>15.1f}"
-              f"{r['main_peak_rss'] / 2**20:>15.0f}{r['worker_rss'] / 2**20:>16.0f}{r['worker_private'] / 2**20:>20.1f}"
+              f"{r['main_peak_rss'] / 2**20:>15.0f}{r['main_peak_anon'] / 2**20:>15.0f}{r['worker_rss'] / 2**20:>16.0f}{r['worker_private'] / 2**20:>20.1f}"
               f"{r['student_epoch_s'] / r['n'] * 1e6:>19.1f}{sum(r['cache_bytes'].values()) / 2**20:>11.1f}")
     for r in rows:  # start to first step without the imports: they do not grow with N but vary by seconds
         r["first_run_s"], r["rerun_run_s"] = r["first_step_s"] - r["first_imports_s"], r["rerun_step_s"] - r["rerun_imports_s"]
-    slope = {k: (large[k] - small[k]) / dn for k in ("first_run_s", "rerun_run_s", "main_peak_rss", "worker_rss",
-                                                       "worker_private")}
+    slope = {k: (large[k] - small[k]) / dn for k in ("first_run_s", "rerun_run_s", "main_peak_rss", "main_peak_anon",
+                                                       "records_bytes", "worker_rss", "worker_private")}
     kinds = sorted(set(small["cache_bytes"]) | set(large["cache_bytes"]))
     print(f"\nfitted per-record cost ({small['n']} -> {large['n']}):")
     print(f"  first run, start to first step  {slope['first_run_s'] * 1e6:8.1f} us/record (imports left out)")
@@ -282,6 +328,8 @@ def report(rows: list[dict[str, Any]], end_speed: dict[str, float]) -> None:
     print(f"  text vectors (first forward)    {(large['text_s'] - small['text_s']) / dn * 1e6:8.1f} us/record")
     print(f"  re-run, start to first step     {slope['rerun_run_s'] * 1e6:8.1f} us/record (imports left out)")
     print(f"  main process peak RSS           {slope['main_peak_rss']:8.0f} bytes/record")
+    print(f"    its anonymous part's peak     {slope['main_peak_anon']:8.0f} bytes/record")
+    print(f"    the record tables' arrays     {slope['records_bytes']:8.0f} bytes/record")
     print(f"  loader worker RSS               {slope['worker_rss']:8.0f} bytes/record")
     print(f"  loader worker private bytes     {slope['worker_private']:8.0f} bytes/record")
     for kind in kinds:
@@ -309,6 +357,7 @@ def report(rows: list[dict[str, Any]], end_speed: dict[str, float]) -> None:
     worker_ratio = large["worker_rss"] / small["worker_rss"] if small["worker_rss"] else float("nan")
     print(f"rerun_us_per_record={slope['rerun_run_s'] * 1e6:.1f}")
     print(f"rss_bytes_per_record={slope['main_peak_rss']:.0f}")
+    print(f"records_bytes_per_record={slope['records_bytes']:.0f}")
     print(f"worker_rss_ratio_{tag}={worker_ratio:.3f}")
     print(f"max_per_sample_ratio_{tag}={max(per_sample.values()):.3f}")
 
