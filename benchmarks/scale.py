@@ -228,6 +228,7 @@ def child(config_path: Path, report: Path) -> None:
     seen["imports_s"] = time.perf_counter() - START  # what does not grow with N, and varies most between processes
     experiment.run_experiment(config)
     seen["main_peak_rss"] = _status("self", "VmHWM")
+    seen["main_peak_anon"] = max(seen.get("main_peak_anon", 0), _status("self", "RssAnon"))  # sampled: may miss a spike
     report.write_text(json.dumps(seen))
 
 
