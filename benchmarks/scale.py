@@ -52,7 +52,7 @@ import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, Callable  # noqa: E402
 
 WORDS = ("lesion nodule mass opacity effusion fracture normal mild severe chronic acute left right upper lower "
          "lobe margin density contrast follow-up prior stable enlarging smooth irregular small large").split()
@@ -154,16 +154,22 @@ def _array_bytes(obj: Any, depth: int = 0) -> int:
     return 0
 
 
-def _sample_anon(seen: dict[str, Any]) -> None:
-    """The peak of this process's anonymous RSS, sampled every 50 ms (VmHWM has no such split)."""
+def _sample_anon(seen: dict[str, Any]) -> Callable[[], None]:
+    """The peak of this process's anonymous RSS in `seen["main_peak_anon"]`, sampled every 50 ms
+    (VmHWM has no such split, so a spike shorter than that can be missed); returns the one-sample
+    step, for a last sample at the end."""
     import threading
 
     def sample() -> None:
+        seen["main_peak_anon"] = max(seen.get("main_peak_anon", 0), _status("self", "RssAnon"))
+
+    def loop() -> None:
         while True:
-            seen["main_peak_anon"] = max(seen.get("main_peak_anon", 0), _status("self", "RssAnon"))
+            sample()
             time.sleep(0.05)
 
-    threading.Thread(target=sample, daemon=True).start()
+    threading.Thread(target=loop, daemon=True).start()
+    return sample
 
 
 def child(config_path: Path, report: Path) -> None:
@@ -179,7 +185,7 @@ def child(config_path: Path, report: Path) -> None:
 
     prepare_process()
     seen: dict[str, Any] = {"epochs": [], "decode_s": 0.0, "stats_s": 0.0, "text_s": 0.0}
-    _sample_anon(seen)
+    sample_anon = _sample_anon(seen)
     original_load = experiment.load_checked_data
 
     def load(config: Any) -> Any:
@@ -228,7 +234,7 @@ def child(config_path: Path, report: Path) -> None:
     seen["imports_s"] = time.perf_counter() - START  # what does not grow with N, and varies most between processes
     experiment.run_experiment(config)
     seen["main_peak_rss"] = _status("self", "VmHWM")
-    seen["main_peak_anon"] = max(seen.get("main_peak_anon", 0), _status("self", "RssAnon"))  # sampled: may miss a spike
+    sample_anon()
     report.write_text(json.dumps(seen))
 
 
